@@ -1,0 +1,36 @@
+# fluidmargin: `make demo` runs the main job, `make test` runs every test. Both set themselves up.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: setup demo test bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || PY=python3; \
+	  test -x $(BIN)/python || $${PY:-$(PY)} -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fluidmargin demo --out out/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/fluidmargin/core src/fluidmargin/model src/fluidmargin/risk
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src/fluidmargin/core src/fluidmargin/model src/fluidmargin/risk
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""`fluidmargin ...` commands over the other layers; no logic of their own."""

@@ -1,0 +1,1 @@
+"""`fluidmargin demo` (placeholder until implemented)."""

@@ -1,0 +1,17 @@
+"""The `fluidmargin` command line (typer). Each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="fluidmargin: a real-time margin engine.")
+
+
+def _register() -> None:
+    from fluidmargin.cli import demo, quote, replay, verify  # noqa: F401  (each registers its commands)
+
+
+_register()
+
+if __name__ == "__main__":
+    app()

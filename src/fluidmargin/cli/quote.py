@@ -1,0 +1,1 @@
+"""`fluidmargin quote` (placeholder until implemented)."""

@@ -1,0 +1,1 @@
+"""`fluidmargin replay` (placeholder until implemented)."""

@@ -1,0 +1,1 @@
+"""`fluidmargin verify` (placeholder until implemented)."""

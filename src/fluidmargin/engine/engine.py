@@ -1,0 +1,1021 @@
+"""The margin engine: a deterministic state machine over an ordered stream of input events.
+
+State is struct-of-arrays in exact int64 columns (balances, sizes, costs, funding indices); a
+float64 shadow of each bucket's health is kept current by :func:`risk.kernels.remargin_market`
+and only ever used to decide which buckets to re-check exactly. Nothing changes state on a float.
+
+``screen="reference"`` swaps the incremental screen for a plain full exact recompute of every
+exposed bucket: the twin the property tests compare against (same events, same state hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fluidmargin.core.errors import InvariantViolation
+from fluidmargin.core.units import (
+    FUNDING_SCALE,
+    MAX_QUANTUMS,
+    NS_PER_S,
+    PPM,
+    PRICE_DECIMALS,
+    QUOTE_DECIMALS,
+    QUOTE_SCALE,
+    Rounding,
+    div_round,
+)
+from fluidmargin.engine import liquidation as liq
+from fluidmargin.engine.state import BANKRUPT, HEALTHY, LIQUIDATING, STATUS_NAMES, transition
+from fluidmargin.model import events as ev
+from fluidmargin.model.config import EngineConfig
+from fluidmargin.model.instruments import CollateralAsset, PerpetualMarket
+from fluidmargin.risk import funding as fnd
+from fluidmargin.risk import kernels, margin
+from fluidmargin.risk import oracle as orc
+
+YEAR_NS = 365 * 24 * 3600 * NS_PER_S
+ISO_BUCKET = "isolated:"
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A margin bucket: an account's cross margin (pos = -1) or one isolated position."""
+
+    row: int
+    pos: int = -1
+
+
+@dataclass(slots=True)
+class BucketRisk:
+    equity_quote_q: int
+    mm_quote_q: int
+
+    @property
+    def health_quote_q(self) -> int:
+        return self.equity_quote_q - self.mm_quote_q
+
+
+class _Market:
+    """Mutable per-market state plus the constants the kernel needs."""
+
+    def __init__(self, i: int, spec: PerpetualMarket) -> None:
+        self.i = i
+        self.spec = spec
+        self.mark_q: int | None = None
+        self.last_trade_q: int | None = None
+        self.fidx = 0
+        self.fidx_ts_ns: int | None = None
+        self.rate_e9 = 0
+        self.long_oi_base_q = 0
+        self.col = np.zeros(0, dtype=np.int64)
+        self.pending: list[int] = []
+        mdl = spec.margin
+        self.floors = np.array([b.floor_quote_q for b in mdl.brackets], dtype=np.float64)
+        self.rates = np.array([b.mmr_ppm / PPM for b in mdl.brackets], dtype=np.float64)
+        self.rates += np.array([mdl.close_fee_ppm / PPM] * len(mdl.brackets))
+        self.cums = np.array([b.cum_quote_q for b in mdl.brackets], dtype=np.float64)
+        disc = 0
+        bs = mdl.brackets
+        for j in range(1, len(bs)):
+            # MM jump at floor_j between bracket j-1 and j (0 when the table is continuous)
+            left = bs[j].floor_quote_q * bs[j - 1].mmr_ppm / PPM - bs[j - 1].cum_quote_q
+            right = bs[j].floor_quote_q * bs[j].mmr_ppm / PPM - bs[j].cum_quote_q
+            disc = max(disc, int(abs(left - right)) + 2)
+        self.disc_q = float(disc)
+        self.drift_imf = float(mdl.sqrt_imf_factor_ppm)
+        self.drift_k = 10.0 ** (9 - spec.size_decimals)
+        shift = spec.size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS
+        self.kv = 10.0 ** (-shift)
+        self.kf = QUOTE_SCALE / (10.0**spec.size_decimals * FUNDING_SCALE)
+
+    def column(self) -> np.ndarray:
+        if self.pending:
+            self.col = np.concatenate([self.col, np.array(self.pending, dtype=np.int64)])
+            self.pending.clear()
+        return self.col
+
+
+class Engine:
+    """Apply input events in order; every call returns the output events it caused."""
+
+    def __init__(self, config: EngineConfig, screen: str = "incremental", capacity: int = 1024) -> None:
+        if screen not in ("incremental", "reference"):
+            raise ValueError("screen must be 'incremental' or 'reference'")
+        self.cfg = config
+        self.screen = screen
+        self.markets = [_Market(i, m) for i, m in enumerate(config.markets)]
+        self.market_idx = {m.spec.symbol: m for m in self.markets}
+        self.coll: list[CollateralAsset] = list(config.collateral)
+        self.coll_idx = {c.symbol: i for i, c in enumerate(self.coll)}
+        self.quote_c = self.coll_idx[config.quote]
+        assets = {m.base_asset for m in config.markets}
+        for c in self.coll:
+            if c.price_asset:
+                assets.add(c.price_asset)
+            if c.yield_spec:
+                assets.add(c.yield_spec.base_asset)
+        self.assets = sorted(assets)
+        self.markets_of_asset = {a: [m for m in self.markets if m.spec.base_asset == a] for a in self.assets}
+        self.coll_of_asset = {
+            a: [i for i, c in enumerate(self.coll) if c.price_asset == a or (c.yield_spec and c.yield_spec.base_asset == a)]
+            for a in self.assets
+        }
+        # oracle state
+        self.src_last: dict[tuple[str, str], tuple[int, int]] = {}
+        self.index_q: dict[str, int] = {}
+        self.index_ts: dict[str, int] = {}
+        # ledgers (quote quantums unless per asset)
+        self.insurance_q = config.insurance_fund_quote_q
+        self.fees_q = 0
+        self.clearing_q = 0  # counterparty of fills, liquidations at mark, and funding
+        self.socialized_q = 0
+        self.deposits = [0] * len(self.coll)
+        self.withdrawals = [0] * len(self.coll)
+        # time and sequence
+        self.now_ns = 0
+        self.seq = 0
+        self.seen_ids: set[str] = set()
+        self.liquidator: liq.Liquidator = liq.CloseAtMark()
+        # accounts
+        self.n_acc = 0
+        self.row_of: dict[int, int] = {}
+        self._alloc_accounts(capacity)
+        self.n_pos = 0
+        self._alloc_positions(capacity)
+        self.non_healthy: set[Bucket] = set()
+
+    # --- storage --------------------------------------------------------------------------------
+
+    def _alloc_accounts(self, cap: int) -> None:
+        nc = len(self.coll)
+        self.acct_id = np.zeros(cap, dtype=np.int64)
+        self.bal = np.zeros((cap, nc), dtype=np.int64)
+        self.status = np.zeros(cap, dtype=np.int8)
+        self.first_pos = np.full(cap, -1, dtype=np.int64)
+        self.acct_h = np.zeros(cap, dtype=np.float64)
+        self.acct_mm = np.zeros(cap, dtype=np.float64)
+        self.acct_err = np.zeros(cap, dtype=np.float64)
+        self.coll_f = np.zeros((cap, nc), dtype=np.float64)
+
+    def _grow_accounts(self) -> None:
+        cap = len(self.acct_id) * 2
+        for name in ("acct_id", "bal", "status", "first_pos", "acct_h", "acct_mm", "acct_err", "coll_f"):
+            old = getattr(self, name)
+            new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
+            if name == "first_pos":
+                new[:] = -1
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    _POS_FIELDS = (
+        ("pos_acct", np.int64),
+        ("pos_mkt", np.int16),
+        ("pos_size", np.int64),
+        ("pos_cost", np.int64),
+        ("pos_fidx", np.int64),
+        ("pos_iso", np.int8),
+        ("pos_iso_margin", np.int64),
+        ("pos_lev", np.int32),
+        ("pos_next", np.int64),
+        ("pos_status", np.int8),
+        ("pos_c", np.float64),
+        ("pos_e", np.float64),
+        ("pos_mm", np.float64),
+    )
+    _EXACT_POS = ("pos_acct", "pos_mkt", "pos_size", "pos_cost", "pos_fidx", "pos_iso", "pos_iso_margin", "pos_lev",
+                  "pos_next", "pos_status")
+
+    def _alloc_positions(self, cap: int) -> None:
+        for name, dt in self._POS_FIELDS:
+            setattr(self, name, np.zeros(cap, dtype=dt))
+
+    def _grow_positions(self) -> None:
+        cap = len(self.pos_acct) * 2
+        for name, dt in self._POS_FIELDS:
+            old = getattr(self, name)
+            new = np.zeros(cap, dtype=dt)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def apply(self, event: ev.Event) -> list[tuple[int, ev.Event]]:
+        """Apply one input event. Returns ``[(seq, event), ...]``: the input first, then what it caused.
+
+        A duplicate ``event_id`` returns ``[]`` (idempotent: nothing to log).
+        """
+        if not event.is_input:
+            raise InvariantViolation(f"{type(event).__name__} is an output event, not an input")
+        eid = getattr(event, "event_id", "")
+        if eid:
+            if eid in self.seen_ids:
+                return []
+            self.seen_ids.add(eid)
+        out: list[ev.Event] = []
+        ts = event.ts_ns
+        if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0 or ts > MAX_QUANTUMS:
+            out.append(ev.InputRejected(self.now_ns, type(event).__name__, "ts_ns must be a non-negative integer", eid))
+        elif ts < self.now_ns:
+            out.append(ev.InputRejected(
+                self.now_ns, type(event).__name__, f"out of order: ts {ts} < engine time {self.now_ns}", eid
+            ))
+        else:
+            self.now_ns = ts
+            handler = getattr(self, "_on_" + type(event).__name__)
+            reason = handler(event, out)
+            if reason:
+                out.append(ev.InputRejected(ts, type(event).__name__, reason, eid))
+        records = []
+        self.seq += 1
+        records.append((self.seq, event))
+        for o in out:
+            self.seq += 1
+            records.append((self.seq, o))
+        return records
+
+    def apply_all(self, events: Iterable[ev.Event]) -> list[tuple[int, ev.Event]]:
+        out = []
+        for e in events:
+            out.extend(self.apply(e))
+        return out
+
+    # --- accounts and collateral ----------------------------------------------------------------
+
+    def row(self, account_id: int) -> int | None:
+        return self.row_of.get(account_id)
+
+    def _on_AccountOpened(self, e: ev.AccountOpened, out: list[ev.Event]) -> str:
+        if not isinstance(e.account_id, int) or not 0 <= e.account_id < 2**63:
+            return "account_id must be a non-negative 64-bit integer"
+        if e.account_id in self.row_of:
+            return f"account {e.account_id} already exists"
+        if self.n_acc == len(self.acct_id):
+            self._grow_accounts()
+        r = self.n_acc
+        self.n_acc += 1
+        self.row_of[e.account_id] = r
+        self.acct_id[r] = e.account_id
+        return ""
+
+    def _check_amount(self, amount: int) -> str:
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            return "amount must be an integer number of quantums"
+        if amount <= 0:
+            return "amount must be positive"
+        if amount > MAX_QUANTUMS // 4:
+            return f"amount {amount} is too large (would overflow)"
+        return ""
+
+    def _on_Deposited(self, e: ev.Deposited, out: list[ev.Event]) -> str:
+        r = self.row_of.get(e.account_id)
+        if r is None:
+            return f"unknown account {e.account_id}"
+        c = self.coll_idx.get(e.asset)
+        if c is None:
+            return f"unknown collateral asset {e.asset!r}"
+        bad = self._check_amount(e.amount_q)
+        if bad:
+            return bad
+        new = int(self.bal[r, c]) + e.amount_q
+        if new > MAX_QUANTUMS // 4:
+            return "balance would overflow"
+        self.bal[r, c] = new
+        self.deposits[c] += e.amount_q
+        self._resync(r)
+        self._evaluate([Bucket(r)], out)
+        return ""
+
+    def _on_WithdrawalRequested(self, e: ev.WithdrawalRequested, out: list[ev.Event]) -> str:
+        r = self.row_of.get(e.account_id)
+        if r is None:
+            return f"unknown account {e.account_id}"
+        c = self.coll_idx.get(e.asset)
+        if c is None:
+            return f"unknown collateral asset {e.asset!r}"
+        bad = self._check_amount(e.amount_q)
+        if bad:
+            return bad
+        if int(self.bal[r, c]) < e.amount_q:
+            return f"insufficient {e.asset} balance"
+        if self.status[r] not in (HEALTHY,):
+            return f"account is {STATUS_NAMES[int(self.status[r])]}"
+        blocked = self._oracle_blocked(self._cross_assets(r), orc.Action.OPEN)
+        if blocked:
+            return blocked
+        self.bal[r, c] -= e.amount_q
+        risk = self.cross_risk(r)
+        im = self.cross_initial(r)
+        if risk.equity_quote_q < im:
+            self.bal[r, c] += e.amount_q
+            return f"withdrawal would leave equity {risk.equity_quote_q} below initial margin {im}"
+        self.withdrawals[c] += e.amount_q
+        self._resync(r)
+        return ""
+
+    def collateral_value_quote_q(self, c: int, amount_q: int) -> int:
+        """Weighted value of ``amount_q`` of collateral ``c`` in quote quantums, rounded down."""
+        spec = self.coll[c]
+        if c == self.quote_c:
+            return amount_q
+        if amount_q <= 0:
+            # only the quote asset can be negative; any other debt counts at full weight, rounded up
+            return -self._raw_value(spec, -amount_q, Rounding.CEIL)
+        raw = self._raw_value(spec, amount_q, Rounding.FLOOR)
+        return div_round(raw * spec.weight_ppm * self._depeg_weight_ppm(spec), PPM * PPM, Rounding.FLOOR)
+
+    def _token_price_q(self, spec: CollateralAsset) -> int | None:
+        """Price of one whole token (price quantums): fair yield rate x base, capped at the market."""
+        ys = spec.yield_spec
+        if ys is None:
+            return self.index_q.get(spec.price_asset or "")
+        base = self.index_q.get(ys.base_asset)
+        if base is None:
+            return None
+        fair = div_round(base * self._yield_rate_e18(spec), 10**18, Rounding.FLOOR)
+        market = self.index_q.get(spec.price_asset or "") if spec.price_asset else None
+        return fair if market is None else min(fair, market)
+
+    def _yield_rate_e18(self, spec: CollateralAsset) -> int:
+        ys = spec.yield_spec
+        assert ys is not None
+        dt = max(0, self.now_ns - ys.t0_ns)
+        return div_round(ys.rate0_e18 * (PPM * YEAR_NS + ys.apr_ppm * dt), PPM * YEAR_NS, Rounding.FLOOR)
+
+    def _depeg_weight_ppm(self, spec: CollateralAsset) -> int:
+        ys = spec.yield_spec
+        if ys is None or not spec.price_asset:
+            return PPM
+        base = self.index_q.get(ys.base_asset)
+        market = self.index_q.get(spec.price_asset)
+        if base is None or market is None:
+            return PPM
+        fair = div_round(base * self._yield_rate_e18(spec), 10**18, Rounding.FLOOR)
+        if fair > 0 and (fair - market) * PPM > ys.depeg_threshold_ppm * fair:
+            return PPM - ys.depeg_haircut_ppm
+        return PPM
+
+    def _raw_value(self, spec: CollateralAsset, amount_q: int, rounding: Rounding) -> int:
+        price = self._token_price_q(spec)
+        if price is None:
+            return 0
+        return div_round(amount_q * price, 10 ** (spec.decimals + PRICE_DECIMALS - QUOTE_DECIMALS), rounding)
+
+    # --- positions --------------------------------------------------------------------------------
+
+    def positions_of(self, r: int) -> list[int]:
+        out = []
+        p = int(self.first_pos[r])
+        while p >= 0:
+            out.append(p)
+            p = int(self.pos_next[p])
+        return out
+
+    def _find_pos(self, r: int, m: int) -> int:
+        p = int(self.first_pos[r])
+        while p >= 0:
+            if self.pos_mkt[p] == m:
+                return p
+            p = int(self.pos_next[p])
+        return -1
+
+    def _new_pos(self, r: int, m: _Market) -> int:
+        if self.n_pos == len(self.pos_acct):
+            self._grow_positions()
+        p = self.n_pos
+        self.n_pos += 1
+        self.pos_acct[p] = r
+        self.pos_mkt[p] = m.i
+        self.pos_next[p] = self.first_pos[r]
+        self.first_pos[r] = p
+        self.pos_fidx[p] = m.fidx
+        m.pending.append(p)
+        return p
+
+    def _funding_owed(self, p: int) -> int:
+        m = self.markets[int(self.pos_mkt[p])]
+        return fnd.funding_owed_quote_q(int(self.pos_size[p]), m.fidx, int(self.pos_fidx[p]), m.spec.size_decimals)
+
+    def position_risk(self, p: int) -> margin.PositionRisk:
+        m = self.markets[int(self.pos_mkt[p])]
+        if m.mark_q is None:
+            return margin.PositionRisk(0, 0, -int(self.pos_cost[p]), 0)
+        return margin.position_risk(
+            m.spec.margin, int(self.pos_size[p]), int(self.pos_cost[p]), self._funding_owed(p), m.mark_q,
+            m.spec.size_decimals,
+        )
+
+    def position_initial(self, p: int) -> int:
+        m = self.markets[int(self.pos_mkt[p])]
+        size = int(self.pos_size[p])
+        if size == 0 or m.mark_q is None:
+            return 0
+        notional = margin.value_quote_q(abs(size), m.mark_q, m.spec.size_decimals, Rounding.CEIL)
+        oi = margin.value_quote_q(m.long_oi_base_q, m.mark_q, m.spec.size_decimals, Rounding.CEIL)
+        return margin.initial_quote_q(m.spec.margin, notional, int(self.pos_lev[p]), abs(size), m.spec.size_decimals, oi)
+
+    def cross_risk(self, r: int) -> BucketRisk:
+        eq = sum(self.collateral_value_quote_q(c, int(self.bal[r, c])) for c in range(len(self.coll)))
+        mm = 0
+        for p in self.positions_of(r):
+            if self.pos_iso[p] or self.pos_size[p] == 0:
+                continue
+            pr = self.position_risk(p)
+            eq += pr.upnl_quote_q
+            mm += pr.mm_quote_q
+        return BucketRisk(eq, mm)
+
+    def cross_initial(self, r: int) -> int:
+        return sum(self.position_initial(p) for p in self.positions_of(r) if not self.pos_iso[p])
+
+    def iso_risk(self, p: int) -> BucketRisk:
+        pr = self.position_risk(p)
+        return BucketRisk(int(self.pos_iso_margin[p]) + pr.upnl_quote_q, pr.mm_quote_q)
+
+    def bucket_risk(self, b: Bucket) -> BucketRisk:
+        return self.cross_risk(b.row) if b.pos < 0 else self.iso_risk(b.pos)
+
+    def _cross_assets(self, r: int) -> list[str]:
+        out = {self.markets[int(self.pos_mkt[p])].spec.base_asset for p in self.positions_of(r) if self.pos_size[p]}
+        for c, spec in enumerate(self.coll):
+            if c != self.quote_c and self.bal[r, c] != 0:
+                if spec.price_asset:
+                    out.add(spec.price_asset)
+                if spec.yield_spec:
+                    out.add(spec.yield_spec.base_asset)
+        return sorted(out)
+
+    def _on_TradeFilled(self, e: ev.TradeFilled, out: list[ev.Event]) -> str:
+        r = self.row_of.get(e.account_id)
+        if r is None:
+            return f"unknown account {e.account_id}"
+        m = self.market_idx.get(e.market)
+        if m is None:
+            return f"unknown market {e.market!r}"
+        for name in ("size_delta_base_q", "price_q", "fee_quote_q", "isolated_margin_quote_q", "leverage"):
+            v = getattr(e, name)
+            if isinstance(v, bool) or not isinstance(v, int) or abs(v) > MAX_QUANTUMS // 4:
+                return f"{name} must be an integer within bounds (would overflow)"
+        if e.size_delta_base_q == 0:
+            return "size_delta_base_q must be non-zero"
+        if e.price_q <= 0:
+            return "price must be positive"
+        if e.fee_quote_q < 0 or e.isolated_margin_quote_q < 0:
+            return "fee and isolated margin must be non-negative"
+        if e.margin_mode not in ("cross", "isolated"):
+            return f"margin_mode must be cross or isolated, not {e.margin_mode!r}"
+        if not 1 <= e.leverage <= m.spec.margin.brackets[0].max_leverage:
+            return f"leverage must be in [1, {m.spec.margin.brackets[0].max_leverage}]"
+        if m.mark_q is None:
+            return f"market {e.market} has no valid mark price yet"
+        if self.status[r] in (LIQUIDATING, BANKRUPT):
+            return f"account is {STATUS_NAMES[int(self.status[r])]}"
+        iso = e.margin_mode == "isolated"
+        p = self._find_pos(r, m.i)
+        old_size = int(self.pos_size[p]) if p >= 0 else 0
+        if p >= 0 and old_size != 0 and bool(self.pos_iso[p]) != iso:
+            return "position is held in the other margin mode; close it first"
+        new_size = old_size + e.size_delta_base_q
+        if abs(new_size) > MAX_QUANTUMS // 4:
+            return "position size would overflow"
+        increases = abs(new_size) > abs(old_size) or (old_size != 0 and (new_size > 0) != (old_size > 0) and new_size != 0)
+        if increases:
+            blocked = self._oracle_blocked([m.spec.base_asset], orc.Action.OPEN)
+            if blocked:
+                return blocked
+        if e.isolated_margin_quote_q and not iso:
+            return "isolated margin given for a cross fill"
+        if e.isolated_margin_quote_q > int(self.bal[r, self.quote_c]):
+            return "insufficient quote balance for the isolated margin"
+        # work on a copy; commit only if the pre-trade check passes
+        self._accrue(m)
+        saved = self._save_account(r)
+        if p < 0:
+            p = self._new_pos(r, m)
+        self._settle_funding(p, out, emit=False)
+        self.pos_iso[p] = 1 if iso else 0
+        self.pos_lev[p] = e.leverage
+        self.bal[r, self.quote_c] -= e.isolated_margin_quote_q
+        self.pos_iso_margin[p] += e.isolated_margin_quote_q
+        self._trade(p, e.size_delta_base_q, e.price_q, e.fee_quote_q)
+        if increases:
+            risk = self.iso_risk(p) if iso else self.cross_risk(r)
+            im = self.position_initial(p) if iso else self.cross_initial(r)
+            if risk.equity_quote_q < im:
+                self._restore_account(r, saved)
+                return f"pre-trade check: equity {risk.equity_quote_q} below initial margin {im} after the fill"
+        self._resync(r)
+        self._evaluate(self._buckets_of(r), out)
+        return ""
+
+    def _save_account(self, r: int) -> dict[str, Any]:
+        ps = self.positions_of(r)
+        return {
+            "bal": self.bal[r].copy(),
+            "first": int(self.first_pos[r]),
+            "n_pos": self.n_pos,
+            "pos": {p: tuple(getattr(self, f)[p] for f in self._EXACT_POS) for p in ps},
+            "pending": {m.i: len(m.pending) for m in self.markets},
+            "oi": [m.long_oi_base_q for m in self.markets],
+            "clearing": self.clearing_q,
+            "fees": self.fees_q,
+        }
+
+    def _restore_account(self, r: int, s: dict[str, Any]) -> None:
+        self.bal[r] = s["bal"]
+        self.first_pos[r] = s["first"]
+        for p in range(s["n_pos"], self.n_pos):
+            for f in self._EXACT_POS:
+                getattr(self, f)[p] = 0
+        self.n_pos = s["n_pos"]
+        for p, vals in s["pos"].items():
+            for f, v in zip(self._EXACT_POS, vals, strict=True):
+                getattr(self, f)[p] = v
+        for m in self.markets:
+            del m.pending[s["pending"][m.i]:]
+            m.long_oi_base_q = s["oi"][m.i]
+        self.clearing_q = s["clearing"]
+        self.fees_q = s["fees"]
+
+    def _trade(self, p: int, delta: int, price_q: int, fee_q: int, release_iso: bool = True) -> int:
+        """Apply a fill to position ``p`` at ``price_q``; returns realised PnL (quote quantums).
+
+        Cash of the fill: a buyer pays ceil(delta * price), a seller gets floor(|delta| * price).
+        Reducing releases cost pro rata, rounded so the realised PnL rounds down.
+        """
+        m = self.markets[int(self.pos_mkt[p])]
+        sd = m.spec.size_decimals
+        r = int(self.pos_acct[p])
+        size = int(self.pos_size[p])
+        cost = int(self.pos_cost[p])
+        realized = 0
+        closing = 0 if size == 0 or (size > 0) == (delta > 0) else min(abs(delta), abs(size))
+        if closing:
+            sign = 1 if size > 0 else -1
+            # cash in (out for a short) of closing `closing` units
+            close_cash = (
+                margin.value_quote_q(closing, price_q, sd, Rounding.FLOOR)
+                if sign > 0
+                else -margin.value_quote_q(closing, price_q, sd, Rounding.CEIL)
+            )
+            released = div_round(cost * closing, abs(size), Rounding.CEIL)  # long: more cost, short: less credit
+            realized = close_cash - released
+            cost -= released
+            size -= sign * closing
+            delta += sign * closing
+        if delta:
+            open_cash = (
+                margin.value_quote_q(delta, price_q, sd, Rounding.CEIL)
+                if delta > 0
+                else -margin.value_quote_q(-delta, price_q, sd, Rounding.FLOOR)
+            )
+            cost += open_cash
+            size += delta
+        old_long = max(int(self.pos_size[p]), 0)
+        self.pos_size[p] = size
+        self.pos_cost[p] = cost if size else 0
+        if size == 0:
+            realized += cost  # any cost left by rounding is realised with the close (cost is then 0)
+        m.long_oi_base_q += max(size, 0) - old_long
+        # realised PnL and fee move between the account (or its isolated margin) and the ledgers
+        if self.pos_iso[p]:
+            self.pos_iso_margin[p] += realized - fee_q
+            if size == 0 and release_iso:
+                self.bal[r, self.quote_c] += int(self.pos_iso_margin[p])
+                self.pos_iso_margin[p] = 0
+        else:
+            self.bal[r, self.quote_c] += realized - fee_q
+        self.clearing_q -= realized
+        self.fees_q += fee_q
+        return realized
+
+    def _settle_funding(self, p: int, out: list[ev.Event], emit: bool = True) -> None:
+        m = self.markets[int(self.pos_mkt[p])]
+        owed = self._funding_owed(p)
+        self.pos_fidx[p] = m.fidx
+        if owed == 0:
+            return
+        r = int(self.pos_acct[p])
+        if self.pos_iso[p]:
+            self.pos_iso_margin[p] -= owed
+        else:
+            self.bal[r, self.quote_c] -= owed
+        self.clearing_q += owed
+        if emit:
+            out.append(ev.FundingSettled(self.now_ns, int(self.acct_id[r]), m.spec.symbol, -owed))
+
+    def _on_FundingSettleRequested(self, e: ev.FundingSettleRequested, out: list[ev.Event]) -> str:
+        r = self.row_of.get(e.account_id)
+        if r is None:
+            return f"unknown account {e.account_id}"
+        for p in self.positions_of(r):
+            m = self.markets[int(self.pos_mkt[p])]
+            self._accrue(m)
+            self._settle_funding(p, out)
+        self._resync(r)
+        return ""
+
+    # --- oracles, funding, re-margining -------------------------------------------------------
+
+    def _oracle_blocked(self, assets: Iterable[str], action: orc.Action) -> str:
+        for a in assets:
+            pol = self.cfg.policy(a)
+            v = orc.staleness(self.now_ns, self.index_ts.get(a), pol)
+            if not orc.allowed(v, action, pol):
+                return f"oracle for {a} is {v.name}: {action.value} not allowed"
+        return ""
+
+    def _on_PriceObserved(self, e: ev.PriceObserved, out: list[ev.Event]) -> str:
+        if e.asset not in self.markets_of_asset:
+            return f"unknown asset {e.asset!r}"
+        if not isinstance(e.price, str):
+            return "price must be decimal text"
+        pol = self.cfg.policy(e.asset)
+        key = (e.asset, e.source)
+        last = self.src_last.get(key)
+        cl = orc.classify(e.price, e.confidence_ppm, e.ts_ns, last[1] if last else None, self.index_q.get(e.asset), pol)
+        if cl.validity != orc.Validity.VALID:
+            out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, f"{cl.validity.name}: {cl.reason}"))
+            return ""
+        assert cl.price_q is not None
+        self.src_last[key] = (cl.price_q, e.ts_ns)
+        fresh = sorted(
+            p for (a, _s), (p, t) in self.src_last.items() if a == e.asset and self.now_ns - t <= pol.max_staleness_ns
+        )
+        validity, index, why = orc.aggregate(fresh, pol)
+        if validity != orc.Validity.VALID or index is None:
+            out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, f"{validity.name}: {why}"))
+            return ""
+        self.index_ts[e.asset] = e.ts_ns
+        if self.index_q.get(e.asset) == index:
+            return ""
+        self.index_q[e.asset] = index
+        out.append(ev.IndexPriceUpdated(e.ts_ns, e.asset, index))
+        self._on_index(e.asset, out)
+        return ""
+
+    def _on_index(self, asset: str, out: list[ev.Event]) -> None:
+        index = self.index_q[asset]
+        touched: list[Bucket] = []
+        for m in self.markets_of_asset[asset]:
+            self._accrue(m)
+            interval_ns = m.spec.funding.interval_s * NS_PER_S
+            ttf = interval_ns - (self.now_ns % interval_ns)
+            m.mark_q = orc.mark_price_q(
+                m.spec.mark_rule, index, m.last_trade_q, m.rate_e9, ttf, m.spec.funding.interval_s
+            )
+            if m.spec.funding.source == "computed":
+                m.rate_e9 = fnd.funding_rate_e9(fnd.premium_e9(m.mark_q, index), m.spec.funding)
+            out.append(ev.MarkPriceUpdated(self.now_ns, m.spec.symbol, m.mark_q, m.rate_e9, m.fidx))
+            touched.extend(self._remargin(m))
+        for c in self.coll_of_asset[asset]:
+            touched.extend(self._remargin_collateral(c))
+        self._evaluate(touched, out)
+
+    def _on_LastTradeObserved(self, e: ev.LastTradeObserved, out: list[ev.Event]) -> str:
+        m = self.market_idx.get(e.market)
+        if m is None:
+            return f"unknown market {e.market!r}"
+        if isinstance(e.price_q, bool) or not isinstance(e.price_q, int) or not 0 < e.price_q < MAX_QUANTUMS:
+            return "price_q must be a positive integer"
+        m.last_trade_q = e.price_q
+        return ""
+
+    def _on_FundingRatePublished(self, e: ev.FundingRatePublished, out: list[ev.Event]) -> str:
+        m = self.market_idx.get(e.market)
+        if m is None:
+            return f"unknown market {e.market!r}"
+        if m.spec.funding.source != "published":
+            return f"market {e.market} computes its own funding rate"
+        if isinstance(e.rate_e9, bool) or not isinstance(e.rate_e9, int) or abs(e.rate_e9) > fnd.RATE_SCALE:
+            return "rate_e9 must be an integer within ±100 %"
+        self._accrue(m)
+        m.rate_e9 = fnd.clamp(e.rate_e9, -m.spec.funding.cap_e9, m.spec.funding.cap_e9)
+        return ""
+
+    def _on_ClockAdvanced(self, e: ev.ClockAdvanced, out: list[ev.Event]) -> str:
+        touched: list[Bucket] = []
+        for m in self.markets:
+            if m.mark_q is None:
+                continue
+            self._accrue(m)
+            touched.extend(self._remargin(m))
+        self._evaluate(touched, out)
+        return ""
+
+    def _accrue(self, m: _Market) -> None:
+        """Accrue the market's funding index to now at the current rate and mark."""
+        if m.fidx_ts_ns is not None and m.mark_q is not None and self.now_ns > m.fidx_ts_ns:
+            inc = fnd.accrue_fidx(m.rate_e9, m.mark_q, self.now_ns - m.fidx_ts_ns, m.spec.funding.interval_s)
+            if abs(m.fidx + inc) > MAX_QUANTUMS:
+                raise InvariantViolation(f"funding index of {m.spec.symbol} would overflow")
+            m.fidx += inc
+        m.fidx_ts_ns = self.now_ns
+
+    def _kernel_args(self, m: _Market) -> tuple[Any, ...]:
+        return (
+            self.pos_acct, self.pos_size, self.pos_cost, self.pos_fidx, self.pos_iso, self.pos_iso_margin,
+            self.pos_c, self.pos_e, self.pos_mm, m.fidx, float(m.mark_q or 0), m.kv, m.kf, m.floors, m.rates,
+            m.cums, m.disc_q, m.drift_imf, m.drift_k,
+        )
+
+    def _remargin(self, m: _Market) -> list[Bucket]:
+        """Screen every position of market ``m``; return buckets to re-check exactly."""
+        col = m.column()
+        if self.screen == "reference":
+            return self._reference_flags(col)
+        flag_a = np.empty(len(col), dtype=np.int64)
+        flag_p = np.empty(len(col), dtype=np.int64)
+        na, npos = kernels.remargin_market(
+            col, *self._kernel_args(m), self.acct_h, self.acct_mm, self.acct_err,
+            self.cfg.at_risk_buffer_ppm / PPM, flag_a, flag_p,
+        )
+        out = [Bucket(int(a)) for a in flag_a[:na]]
+        out.extend(Bucket(int(self.pos_acct[p]), int(p)) for p in flag_p[:npos])
+        return out
+
+    def _reference_flags(self, col: np.ndarray) -> list[Bucket]:
+        """The twin: recompute every exposed bucket exactly and flag by the same threshold."""
+        out = []
+        seen = set()
+        for p in col.tolist():
+            if self.pos_size[p] == 0:
+                continue
+            b = Bucket(int(self.pos_acct[p]), p) if self.pos_iso[p] else Bucket(int(self.pos_acct[p]))
+            if b in seen:
+                continue
+            seen.add(b)
+            risk = self.bucket_risk(b)
+            if risk.health_quote_q * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q:
+                out.append(b)
+        return out
+
+    def _remargin_collateral(self, c: int) -> list[Bucket]:
+        rows = np.flatnonzero(self.bal[: self.n_acc, c])
+        out = []
+        for r in rows.tolist():
+            if self.screen == "reference":
+                risk = self.cross_risk(r)
+                if risk.health_quote_q * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q:
+                    out.append(Bucket(r))
+                continue
+            self._resync(r)
+            if self._float_flag(r):
+                out.append(Bucket(r))
+        return out
+
+    def _float_flag(self, r: int) -> bool:
+        h, m, e = self.acct_h[r], self.acct_mm[r], self.acct_err[r]
+        return bool(h - e < self.cfg.at_risk_buffer_ppm / PPM * (m + e))
+
+    def _resync(self, r: int) -> None:
+        """Recompute account ``r``'s float shadow from its exact state (after any non-tick change)."""
+        h = 0.0
+        err = 0.0
+        for c in range(len(self.coll)):
+            v = float(self.collateral_value_quote_q(c, int(self.bal[r, c])))
+            self.coll_f[r, c] = v
+            h += v
+            err += kernels.U * abs(v) * 2
+        mm = 0.0
+        for p in self.positions_of(r):
+            m = self.markets[int(self.pos_mkt[p])]
+            if self.pos_size[p] == 0 or m.mark_q is None:
+                self.pos_c[p] = self.pos_e[p] = self.pos_mm[p] = 0.0
+                continue
+            c_, e_, mm_ = kernels.contribution_py(
+                int(self.pos_size[p]), int(self.pos_cost[p]), m.fidx, int(self.pos_fidx[p]), float(m.mark_q),
+                m.kv, m.kf, m.floors, m.rates, m.cums, m.disc_q, m.drift_imf, m.drift_k,
+            )
+            self.pos_c[p], self.pos_e[p], self.pos_mm[p] = c_, e_, mm_
+            if not self.pos_iso[p]:
+                h += c_
+                err += e_
+                mm += mm_
+        n = len(self.positions_of(r)) + len(self.coll) + 2
+        self.acct_h[r] = h
+        self.acct_mm[r] = mm
+        self.acct_err[r] = err + n * kernels.U * (abs(h) + abs(mm)) * 2
+
+    def rebuild_shadow(self) -> None:
+        """Recompute every float shadow from exact state (after a snapshot restore)."""
+        for r in range(self.n_acc):
+            self._resync(r)
+
+    # --- liquidation state machine ----------------------------------------------------------------
+
+    def _buckets_of(self, r: int) -> list[Bucket]:
+        out = [Bucket(r)]
+        out.extend(Bucket(r, p) for p in self.positions_of(r) if self.pos_iso[p] and self.pos_size[p])
+        return out
+
+    def _status_of(self, b: Bucket) -> int:
+        return int(self.status[b.row]) if b.pos < 0 else int(self.pos_status[b.pos])
+
+    def _set_status(self, b: Bucket, new: int, health: int, out: list[ev.Event]) -> None:
+        old = self._status_of(b)
+        if old == new:
+            return
+        if b.pos < 0:
+            self.status[b.row] = new
+        else:
+            self.pos_status[b.pos] = new
+        if new == HEALTHY:
+            self.non_healthy.discard(b)
+        else:
+            self.non_healthy.add(b)
+        name = "cross" if b.pos < 0 else ISO_BUCKET + self.markets[int(self.pos_mkt[b.pos])].spec.symbol
+        out.append(ev.AccountStatusChanged(
+            self.now_ns, int(self.acct_id[b.row]), name, STATUS_NAMES[old], STATUS_NAMES[new], health
+        ))
+
+    def _evaluate(self, flagged: Iterable[Bucket], out: list[ev.Event]) -> None:
+        """Confirm flagged buckets exactly, move them through the state machine, liquidate breaches.
+
+        Breaches are handled worst first, then larger maintenance first, then account id.
+        """
+        cands = set(flagged) | self.non_healthy
+        breaches = []
+        for b in sorted(cands, key=lambda b: (b.row, b.pos)):
+            if b.pos >= 0 and self.pos_size[b.pos] == 0:
+                self.non_healthy.discard(b)
+                continue
+            risk = self.bucket_risk(b)
+            h = risk.health_quote_q
+            st = self._status_of(b)
+            if h < 0 and (risk.mm_quote_q > 0 or risk.equity_quote_q < 0) and self._has_positions(b):
+                if not self._oracle_blocked(self._bucket_assets(b), orc.Action.LIQUIDATE):
+                    breaches.append((h, -risk.mm_quote_q, int(self.acct_id[b.row]), b))
+                    continue
+            trig = "breach_blocked" if h < 0 and self._has_positions(b) else (
+                "at_risk" if h * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q else "ok"
+            )
+            if st == BANKRUPT and trig == "ok" and risk.equity_quote_q <= 0:
+                continue
+            new = transition(st, trig)
+            self._set_status(b, new, h, out)
+        breaches.sort(key=lambda t: (t[0], t[1], t[2], t[3].pos))
+        for _h, _mm, _aid, b in breaches:
+            self._set_status(b, transition(self._status_of(b), "breach"), self.bucket_risk(b).health_quote_q, out)
+            self.liquidator.liquidate(self, b, out)
+            r = b.row
+            self._resync(r)
+            risk = self.bucket_risk(b)
+            if b.pos >= 0 and self.pos_size[b.pos] == 0:
+                self._set_status(b, transition(LIQUIDATING, "closed"), 0, out)
+                self.non_healthy.discard(b)
+                continue
+            trig = "bankrupt" if risk.equity_quote_q <= 0 and not self._has_positions(b) else (
+                "restored" if risk.health_quote_q >= 0 else "bankrupt"
+            )
+            self._set_status(b, transition(LIQUIDATING, trig), risk.health_quote_q, out)
+
+    def _has_positions(self, b: Bucket) -> bool:
+        if b.pos >= 0:
+            return bool(self.pos_size[b.pos])
+        return any(self.pos_size[p] and not self.pos_iso[p] for p in self.positions_of(b.row))
+
+    def _bucket_assets(self, b: Bucket) -> list[str]:
+        if b.pos >= 0:
+            return [self.markets[int(self.pos_mkt[b.pos])].spec.base_asset]
+        return self._cross_assets(b.row)
+
+    # --- insurance fund ---------------------------------------------------------------------------
+
+    def fund_fee(self, amount_q: int, account_id: int, out: list[ev.Event]) -> None:
+        if amount_q:
+            self.insurance_q += amount_q
+            out.append(ev.InsuranceFundChanged(self.now_ns, amount_q, self.insurance_q, "liquidation_fee", account_id))
+
+    def cover_shortfall(self, shortfall_q: int, account_id: int, out: list[ev.Event]) -> None:
+        """Draw a bankrupt bucket's shortfall from the fund; what it cannot cover is socialised."""
+        draw = min(shortfall_q, max(self.insurance_q, 0))
+        if draw:
+            self.insurance_q -= draw
+            out.append(ev.InsuranceFundChanged(self.now_ns, -draw, self.insurance_q, "shortfall", account_id))
+        rest = shortfall_q - draw
+        if rest:
+            self.socialized_q += rest
+            out.append(ev.BadDebtSocialized(self.now_ns, account_id, rest))
+
+    # --- integrity ------------------------------------------------------------------------------
+
+    def ledger_total(self, c: int | None = None) -> int:
+        """Sum of every ledger for collateral ``c`` (quote by default): must equal net deposits."""
+        c = self.quote_c if c is None else c
+        total = int(self.bal[: self.n_acc, c].astype(object).sum()) if self.n_acc else 0
+        if c == self.quote_c:
+            total += int(self.pos_iso_margin[: self.n_pos].astype(object).sum()) if self.n_pos else 0
+            total += self.insurance_q - self.cfg.insurance_fund_quote_q + self.fees_q + self.clearing_q
+            total -= self.socialized_q
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole exact state as plain values (float shadows excluded): hashed and snapshotted."""
+        n, k = self.n_acc, self.n_pos
+        return {
+            "version": 1,
+            "seq": self.seq,
+            "now_ns": self.now_ns,
+            "config": self.cfg.to_dict(),
+            "accounts": {
+                "acct_id": self.acct_id[:n].copy(),
+                "bal": self.bal[:n].copy(),
+                "status": self.status[:n].copy(),
+                "first_pos": self.first_pos[:n].copy(),
+            },
+            "positions": {f: getattr(self, f)[:k].copy() for f in self._EXACT_POS},
+            "markets": [
+                {
+                    "mark_q": m.mark_q, "last_trade_q": m.last_trade_q, "fidx": m.fidx, "fidx_ts_ns": m.fidx_ts_ns,
+                    "rate_e9": m.rate_e9, "long_oi_base_q": m.long_oi_base_q,
+                    "col": m.column().copy(),
+                }
+                for m in self.markets
+            ],
+            "oracle": {
+                "src_last": sorted((a, s, p, t) for (a, s), (p, t) in self.src_last.items()),
+                "index_q": sorted(self.index_q.items()),
+                "index_ts": sorted(self.index_ts.items()),
+            },
+            "ledgers": {
+                "insurance_q": self.insurance_q, "fees_q": self.fees_q, "clearing_q": self.clearing_q,
+                "socialized_q": self.socialized_q, "deposits": list(self.deposits),
+                "withdrawals": list(self.withdrawals),
+            },
+            "seen_ids": sorted(self.seen_ids),
+            "non_healthy": sorted((b.row, b.pos) for b in self.non_healthy),
+        }
+
+    def state_hash(self) -> str:
+        """SHA-256 over a canonical encoding of :meth:`state_dict`."""
+        h = hashlib.sha256()
+        _feed(h, self.state_dict())
+        return h.hexdigest()
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], screen: str = "incremental") -> Engine:
+        eng = cls(EngineConfig.from_dict(state["config"]), screen=screen,
+                  capacity=max(16, len(state["accounts"]["acct_id"]), len(state["positions"]["pos_acct"])))
+        eng.seq = state["seq"]
+        eng.now_ns = state["now_ns"]
+        a = state["accounts"]
+        n = len(a["acct_id"])
+        eng.n_acc = n
+        for name in ("acct_id", "bal", "status", "first_pos"):
+            getattr(eng, name)[:n] = a[name]
+        eng.row_of = {int(x): i for i, x in enumerate(a["acct_id"].tolist())}
+        k = len(state["positions"]["pos_acct"])
+        eng.n_pos = k
+        for f in cls._EXACT_POS:
+            getattr(eng, f)[:k] = state["positions"][f]
+        for m, s in zip(eng.markets, state["markets"], strict=True):
+            m.mark_q, m.last_trade_q, m.fidx = s["mark_q"], s["last_trade_q"], s["fidx"]
+            m.fidx_ts_ns, m.rate_e9, m.long_oi_base_q = s["fidx_ts_ns"], s["rate_e9"], s["long_oi_base_q"]
+            m.col = np.asarray(s["col"], dtype=np.int64).copy()
+        o = state["oracle"]
+        eng.src_last = {(a_, s_): (p, t) for a_, s_, p, t in o["src_last"]}
+        eng.index_q = dict(o["index_q"])
+        eng.index_ts = dict(o["index_ts"])
+        led = state["ledgers"]
+        eng.insurance_q, eng.fees_q, eng.clearing_q = led["insurance_q"], led["fees_q"], led["clearing_q"]
+        eng.socialized_q = led["socialized_q"]
+        eng.deposits, eng.withdrawals = list(led["deposits"]), list(led["withdrawals"])
+        eng.seen_ids = set(state["seen_ids"])
+        eng.non_healthy = {Bucket(r, p) for r, p in state["non_healthy"]}
+        eng.rebuild_shadow()
+        return eng
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Canonical, type-tagged encoding for hashing (dict keys sorted; arrays as little-endian bytes)."""
+    if isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj):
+            _feed(h, key)
+            _feed(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, list | tuple):
+        h.update(b"[%d" % len(obj))
+        for x in obj:
+            _feed(h, x)
+        h.update(b"]")
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj, dtype=obj.dtype.newbyteorder("<"))
+        h.update(b"A" + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    elif obj is None:
+        h.update(b"N")
+    elif isinstance(obj, bool):
+        h.update(b"T" if obj else b"F")
+    elif isinstance(obj, int):
+        h.update(b"I%d;" % obj)
+    elif isinstance(obj, str):
+        b = obj.encode()
+        h.update(b"S%d:" % len(b) + b)
+    else:
+        raise InvariantViolation(f"cannot hash {type(obj).__name__}")

@@ -1,0 +1,81 @@
+"""The engine's frozen configuration and its plain-dict form (for the log header and files)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fluidmargin.core.errors import ValidationError
+from fluidmargin.model.instruments import (
+    Bracket,
+    BracketModel,
+    CollateralAsset,
+    FundingParams,
+    OraclePolicy,
+    PerpetualMarket,
+    YieldSpec,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything that defines a venue: collateral, markets, oracle policies, liquidation knobs."""
+
+    quote: str = "USD"
+    collateral: tuple[CollateralAsset, ...] = ()
+    markets: tuple[PerpetualMarket, ...] = ()
+    oracle: tuple[tuple[str, OraclePolicy], ...] = ()  # per asset; missing assets use the default
+    default_oracle: OraclePolicy = field(default_factory=OraclePolicy)
+    at_risk_buffer_ppm: int = 200_000  # "at risk" when health < 20 % of maintenance
+    insurance_fund_quote_q: int = 0
+
+    def __post_init__(self) -> None:
+        syms = [c.symbol for c in self.collateral]
+        if self.quote not in syms:
+            raise ValidationError(f"the quote asset {self.quote} must be listed as collateral")
+        if len(set(syms)) != len(syms):
+            raise ValidationError("duplicate collateral symbols")
+        msyms = [m.symbol for m in self.markets]
+        if len(set(msyms)) != len(msyms):
+            raise ValidationError("duplicate market symbols")
+        for m in self.markets:
+            if m.margin.mm_on_entry:
+                raise ValidationError(f"market {m.symbol}: entry-notional maintenance is for quotes only")
+
+    def policy(self, asset: str) -> OraclePolicy:
+        for a, p in self.oracle:
+            if a == asset:
+                return p
+        return self.default_oracle
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> EngineConfig:
+        def coll(c: dict[str, Any]) -> CollateralAsset:
+            c = dict(c)
+            ys = c.pop("yield_spec", None)
+            return CollateralAsset(**c, yield_spec=YieldSpec(**ys) if ys else None)
+
+        def model(m: dict[str, Any]) -> BracketModel:
+            m = dict(m)
+            return BracketModel(**{**m, "brackets": tuple(Bracket(**b) for b in m["brackets"])})
+
+        def market(m: dict[str, Any]) -> PerpetualMarket:
+            m = dict(m)
+            return PerpetualMarket(**{**m, "margin": model(m["margin"]), "funding": FundingParams(**m["funding"])})
+
+        try:
+            return EngineConfig(
+                quote=d["quote"],
+                collateral=tuple(coll(c) for c in d["collateral"]),
+                markets=tuple(market(m) for m in d["markets"]),
+                oracle=tuple((a, OraclePolicy(**p)) for a, p in d.get("oracle", ())),
+                default_oracle=OraclePolicy(**d.get("default_oracle", {})),
+                at_risk_buffer_ppm=d.get("at_risk_buffer_ppm", 200_000),
+                insurance_fund_quote_q=d.get("insurance_fund_quote_q", 0),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValidationError(f"malformed engine config: {e}") from None

@@ -1,0 +1,244 @@
+"""Events (past tense) and input commands (imperative at the edge, logged once accepted).
+
+Every input the engine accepts is an *input event*; what the engine concludes from it is an
+*output event*. Both go to the log with a sequence number. Each carries ``ts_ns`` (event time,
+integer nanoseconds); inputs may carry an ``event_id`` for idempotency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fluidmargin.core.errors import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    ts_ns: int
+    is_input: ClassVar[bool] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["type"] = type(self).__name__
+        return d
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountOpened(Event):
+    account_id: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Deposited(Event):
+    account_id: int
+    asset: str
+    amount_q: int  # quantums of the collateral asset
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalRequested(Event):
+    account_id: int
+    asset: str
+    amount_q: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class PriceObserved(Event):
+    """A raw price from one oracle source, as published (decimal text: may be 'NaN')."""
+
+    source: str
+    asset: str
+    price: str
+    confidence_ppm: int = 1_000_000
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class LastTradeObserved(Event):
+    """The venue's last traded price of a market (an input to the mark price)."""
+
+    market: str
+    price_q: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class FundingRatePublished(Event):
+    """A venue-published funding rate for the current interval (markets with source=published)."""
+
+    market: str
+    rate_e9: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class TradeFilled(Event):
+    """A fill from the venue's matching engine for one account.
+
+    ``size_delta_base_q`` is signed (+ buys). ``isolated_margin_quote_q`` moves quote collateral
+    from the cross balance into the position's isolated margin (isolated mode only).
+    """
+
+    account_id: int
+    market: str
+    size_delta_base_q: int
+    price_q: int
+    fee_quote_q: int = 0
+    margin_mode: str = "cross"
+    leverage: int = 10
+    isolated_margin_quote_q: int = 0
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClockAdvanced(Event):
+    """Event time passed: accrue funding on every market and re-margin."""
+
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class FundingSettleRequested(Event):
+    account_id: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InputRejected(Event):
+    input_type: str
+    reason: str
+    event_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OraclePriceRejected(Event):
+    source: str
+    asset: str
+    price: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPriceUpdated(Event):
+    asset: str
+    price_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPriceUpdated(Event):
+    market: str
+    price_q: int
+    funding_rate_e9: int
+    funding_index_fidx: int
+
+
+@dataclass(frozen=True, slots=True)
+class FundingSettled(Event):
+    account_id: int
+    market: str
+    amount_quote_q: int  # + received, - paid
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatusChanged(Event):
+    account_id: int
+    bucket: str  # "cross" or the market of an isolated position
+    old: str
+    new: str
+    health_quote_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class PositionLiquidated(Event):
+    account_id: int
+    market: str
+    size_base_q: int  # size closed (signed, as held)
+    price_q: int
+    realized_pnl_quote_q: int
+    fee_quote_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class InsuranceFundChanged(Event):
+    delta_quote_q: int
+    balance_quote_q: int
+    reason: str
+    account_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BadDebtSocialized(Event):
+    """The insurance fund could not cover a shortfall: an explicit, last-resort loss."""
+
+    account_id: int
+    amount_quote_q: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        AccountOpened,
+        Deposited,
+        WithdrawalRequested,
+        PriceObserved,
+        LastTradeObserved,
+        FundingRatePublished,
+        TradeFilled,
+        ClockAdvanced,
+        FundingSettleRequested,
+        InputRejected,
+        OraclePriceRejected,
+        IndexPriceUpdated,
+        MarkPriceUpdated,
+        FundingSettled,
+        AccountStatusChanged,
+        PositionLiquidated,
+        InsuranceFundChanged,
+        BadDebtSocialized,
+    )
+}
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    """Rebuild an event from its dict; unknown types and fields are a ValidationError."""
+    d = dict(d)
+    name = d.pop("type", None)
+    cls = EVENT_TYPES.get(str(name))
+    if cls is None:
+        raise ValidationError(f"unknown event type {name!r}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    extra = set(d) - set(names)
+    if extra:
+        raise ValidationError(f"{name}: unknown fields {sorted(extra)}")
+    for key, f in names.items():
+        if key not in d:
+            if f.default is dataclasses.MISSING:
+                raise ValidationError(f"{name}: missing field {key!r}")
+            continue
+        v = d[key]
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if want == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValidationError(f"{name}.{key}: expected an integer, got {v!r}")
+        if want == "str" and not isinstance(v, str):
+            raise ValidationError(f"{name}.{key}: expected a string, got {v!r}")
+    return cls(**d)

@@ -1,0 +1,1 @@
+"""Scenario generators and account populations (no margin maths of their own)."""

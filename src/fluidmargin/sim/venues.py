@@ -1,0 +1,70 @@
+"""Ready-made venue configurations for the demo, replays and benchmarks."""
+
+from __future__ import annotations
+
+from fluidmargin.core.units import QUOTE_SCALE
+from fluidmargin.model.config import EngineConfig
+from fluidmargin.model.instruments import (
+    BracketModel,
+    CollateralAsset,
+    FundingParams,
+    OraclePolicy,
+    PerpetualMarket,
+    YieldSpec,
+)
+from fluidmargin.risk import presets
+
+USD = CollateralAsset("USD", 6, 1_000_000, kind="quote")
+
+
+def margin_model(preset: str, asset: str = "BTC") -> BracketModel:
+    """A named preset's tier model for ``asset`` (binance, hyperliquid, dydx, drift)."""
+    if preset == "binance":
+        return presets.binance_btcusdt()
+    if preset == "hyperliquid":
+        return presets.hyperliquid(presets.HYPERLIQUID_MAINNET_TIERS.get(asset, ((0, 20),)))
+    if preset == "dydx":
+        # dYdX v4 "large-cap" liquidity tier: IMF 5 %, maintenance fraction 60 %
+        return presets.dydx("0.05", "0.6", 20_000_000, 50_000_000)
+    if preset == "drift":
+        # Drift SOL/BTC-like perp: IMR 10 %, MMR 5 %, imf factor 0.0005 (its default majors)
+        return presets.drift("0.1", "0.05", "0.0005")
+    raise ValueError(f"unknown preset {preset!r}")
+
+
+def perp_venue(
+    assets: tuple[str, ...] = ("BTC", "ETH"),
+    preset: str = "binance",
+    insurance_fund_usd: int = 1_000_000,
+    funding_source: str = "computed",
+    max_jump_ppm: int = 250_000,
+    staleness_s: int = 120,
+    yield_collateral: bool = False,
+) -> EngineConfig:
+    """USD-margined perpetuals on ``assets`` with one shared tier preset."""
+    markets = tuple(
+        PerpetualMarket(
+            symbol=f"{a}-PERP",
+            base_asset=a,
+            size_decimals=8,
+            margin=margin_model(preset, a),
+            funding=FundingParams(source=funding_source),  # type: ignore[arg-type]
+        )
+        for a in assets
+    )
+    coll = [USD]
+    if yield_collateral:
+        coll.append(
+            CollateralAsset(
+                "wstETH", 18, 900_000, price_asset="WSTETH", kind="yield",
+                yield_spec=YieldSpec("ETH", 10**18, 35_000, 0),
+            )
+        )
+    policy = OraclePolicy(max_staleness_ns=staleness_s * 10**9, max_jump_ppm=max_jump_ppm)
+    return EngineConfig(
+        quote="USD",
+        collateral=tuple(coll),
+        markets=markets,
+        default_oracle=policy,
+        insurance_fund_quote_q=insurance_fund_usd * QUOTE_SCALE,
+    )
