@@ -71,8 +71,13 @@ def notional_quote_q(size_base_q: int, price_price_q: int, size_decimals: int, r
     # size/10^sd * price/10^pd * 10^qd  ==  size*price / 10^(sd+pd-qd)
     shift = size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS
     if shift >= 0:
-        return div_round(size_base_q * price_price_q, 10**shift, rounding)
-    return size_base_q * price_price_q * 10 ** (-shift)
+        return div_round(size_base_q * price_price_q, pow10(shift), rounding)
+    return size_base_q * price_price_q * pow10(-shift)
+
+
+def pow10(n: int) -> int:
+    """10**n for n >= 0, typed as an int."""
+    return int(10**n)
 
 
 def check_bounds(name: str, value: int, *, lo: int = -MAX_QUANTUMS, hi: int = MAX_QUANTUMS) -> int:

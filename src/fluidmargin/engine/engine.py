@@ -108,6 +108,7 @@ class Engine:
             raise ValueError("screen must be 'incremental' or 'reference'")
         self.cfg = config
         self.screen = screen
+        kernels.set_threads()
         self.markets = [_Market(i, m) for i, m in enumerate(config.markets)]
         self.market_idx = {m.spec.symbol: m for m in self.markets}
         self.coll: list[CollateralAsset] = list(config.collateral)
@@ -122,7 +123,11 @@ class Engine:
         self.assets = sorted(assets)
         self.markets_of_asset = {a: [m for m in self.markets if m.spec.base_asset == a] for a in self.assets}
         self.coll_of_asset = {
-            a: [i for i, c in enumerate(self.coll) if c.price_asset == a or (c.yield_spec and c.yield_spec.base_asset == a)]
+            a: [
+                i
+                for i, c in enumerate(self.coll)
+                if c.price_asset == a or (c.yield_spec and c.yield_spec.base_asset == a)
+            ]
             for a in self.assets
         }
         # oracle state
@@ -157,20 +162,26 @@ class Engine:
         self.bal = np.zeros((cap, nc), dtype=np.int64)
         self.status = np.zeros(cap, dtype=np.int8)
         self.first_pos = np.full(cap, -1, dtype=np.int64)
-        self.acct_h = np.zeros(cap, dtype=np.float64)
-        self.acct_mm = np.zeros(cap, dtype=np.float64)
-        self.acct_err = np.zeros(cap, dtype=np.float64)
+        # float shadow, one cache line per account: health, maintenance, error bound, status
+        self.acct_f = np.zeros((cap, 4), dtype=np.float64)
         self.coll_f = np.zeros((cap, nc), dtype=np.float64)
+        self._views()
+
+    def _views(self) -> None:
+        self.acct_h = self.acct_f[:, 0]
+        self.acct_mm = self.acct_f[:, 1]
+        self.acct_err = self.acct_f[:, 2]
 
     def _grow_accounts(self) -> None:
         cap = len(self.acct_id) * 2
-        for name in ("acct_id", "bal", "status", "first_pos", "acct_h", "acct_mm", "acct_err", "coll_f"):
+        for name in ("acct_id", "bal", "status", "first_pos", "acct_f", "coll_f"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
             if name == "first_pos":
                 new[:] = -1
             new[: len(old)] = old
             setattr(self, name, new)
+        self._views()
 
     _POS_FIELDS = (
         ("pos_acct", np.int64),
@@ -187,8 +198,18 @@ class Engine:
         ("pos_e", np.float64),
         ("pos_mm", np.float64),
     )
-    _EXACT_POS = ("pos_acct", "pos_mkt", "pos_size", "pos_cost", "pos_fidx", "pos_iso", "pos_iso_margin", "pos_lev",
-                  "pos_next", "pos_status")
+    _EXACT_POS = (
+        "pos_acct",
+        "pos_mkt",
+        "pos_size",
+        "pos_cost",
+        "pos_fidx",
+        "pos_iso",
+        "pos_iso_margin",
+        "pos_lev",
+        "pos_next",
+        "pos_status",
+    )
 
     def _alloc_positions(self, cap: int) -> None:
         for name, dt in self._POS_FIELDS:
@@ -221,9 +242,11 @@ class Engine:
         if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0 or ts > MAX_QUANTUMS:
             out.append(ev.InputRejected(self.now_ns, type(event).__name__, "ts_ns must be a non-negative integer", eid))
         elif ts < self.now_ns:
-            out.append(ev.InputRejected(
-                self.now_ns, type(event).__name__, f"out of order: ts {ts} < engine time {self.now_ns}", eid
-            ))
+            out.append(
+                ev.InputRejected(
+                    self.now_ns, type(event).__name__, f"out of order: ts {ts} < engine time {self.now_ns}", eid
+                )
+            )
         else:
             self.now_ns = ts
             handler = getattr(self, "_on_" + type(event).__name__)
@@ -405,7 +428,11 @@ class Engine:
         if m.mark_q is None:
             return margin.PositionRisk(0, 0, -int(self.pos_cost[p]), 0)
         return margin.position_risk(
-            m.spec.margin, int(self.pos_size[p]), int(self.pos_cost[p]), self._funding_owed(p), m.mark_q,
+            m.spec.margin,
+            int(self.pos_size[p]),
+            int(self.pos_cost[p]),
+            self._funding_owed(p),
+            m.mark_q,
             m.spec.size_decimals,
         )
 
@@ -416,7 +443,9 @@ class Engine:
             return 0
         notional = margin.value_quote_q(abs(size), m.mark_q, m.spec.size_decimals, Rounding.CEIL)
         oi = margin.value_quote_q(m.long_oi_base_q, m.mark_q, m.spec.size_decimals, Rounding.CEIL)
-        return margin.initial_quote_q(m.spec.margin, notional, int(self.pos_lev[p]), abs(size), m.spec.size_decimals, oi)
+        return margin.initial_quote_q(
+            m.spec.margin, notional, int(self.pos_lev[p]), abs(size), m.spec.size_decimals, oi
+        )
 
     def cross_risk(self, r: int) -> BucketRisk:
         eq = sum(self.collateral_value_quote_q(c, int(self.bal[r, c])) for c in range(len(self.coll)))
@@ -482,7 +511,9 @@ class Engine:
         new_size = old_size + e.size_delta_base_q
         if abs(new_size) > MAX_QUANTUMS // 4:
             return "position size would overflow"
-        increases = abs(new_size) > abs(old_size) or (old_size != 0 and (new_size > 0) != (old_size > 0) and new_size != 0)
+        increases = abs(new_size) > abs(old_size) or (
+            old_size != 0 and (new_size > 0) != (old_size > 0) and new_size != 0
+        )
         if increases:
             blocked = self._oracle_blocked([m.spec.base_asset], orc.Action.OPEN)
             if blocked:
@@ -512,6 +543,187 @@ class Engine:
         self._evaluate(self._buckets_of(r), out)
         return ""
 
+    def _on_AccountsSeeded(self, e: ev.AccountsSeeded, out: list[ev.Event]) -> str:
+        """Vectorised account opening: exact int64 columns, float screen, exact confirmation."""
+        ids = e.account_ids
+        k = len(ids)
+        npos = len(e.pos_account)
+        if len(e.deposits_quote_q) != k:
+            return "account_ids and deposits_quote_q differ in length"
+        cols = (
+            e.pos_market,
+            e.pos_size_base_q,
+            e.pos_price_q,
+            e.pos_isolated,
+            e.pos_iso_margin_quote_q,
+            e.pos_leverage,
+        )
+        if any(len(c) != npos for c in cols):
+            return "position columns differ in length"
+        try:
+            aid = np.array(ids, dtype=np.int64)
+            dep = np.array(e.deposits_quote_q, dtype=np.int64)
+            pa = np.array(e.pos_account, dtype=np.int64)
+            size = np.array(e.pos_size_base_q, dtype=np.int64)
+            price = np.array(e.pos_price_q, dtype=np.int64)
+            iso = np.array(e.pos_isolated, dtype=np.int8)
+            isom = np.array(e.pos_iso_margin_quote_q, dtype=np.int64)
+            lev = np.array(e.pos_leverage, dtype=np.int64)
+        except (OverflowError, ValueError, TypeError):
+            return "columns must hold integers within 64 bits (would overflow)"
+        if k and (aid.min() < 0 or len(np.unique(aid)) != k or any(int(a) in self.row_of for a in aid.tolist())):
+            return "account ids must be new, unique and non-negative"
+        lim = MAX_QUANTUMS // 4
+        if k and (dep.min() <= 0 or dep.max() > lim):
+            return "deposits must be positive and within bounds"
+        midx = np.empty(npos, dtype=np.int64)
+        for name, mi in {s_: self.market_idx.get(s_) for s_ in set(e.pos_market)}.items():
+            if mi is None:
+                return f"unknown market {name!r}"
+            if mi.mark_q is None:
+                return f"market {name} has no valid mark price yet"
+        for j, name in enumerate(e.pos_market):
+            midx[j] = self.market_idx[name].i
+        if npos:
+            if pa.min() < 0 or pa.max() >= k or np.any(np.diff(pa) < 0):
+                return "pos_account must index account_ids and be sorted"
+            if np.any(size == 0) or np.abs(size).max() > lim or price.min() <= 0 or price.max() > lim:
+                return "sizes must be non-zero and prices positive, within bounds"
+            if not np.isin(iso, (0, 1)).all() or isom.min() < 0 or np.any((iso == 0) & (isom != 0)):
+                return "pos_isolated must be 0/1 and only isolated positions carry margin"
+            if lev.min() < 1:
+                return "leverage must be at least 1"
+            if len(np.unique(pa * len(self.markets) + midx)) != npos:
+                return "at most one position per account and market"
+            per_acct_iso = np.bincount(pa, weights=isom.astype(np.float64), minlength=k)
+            if np.any(per_acct_iso > dep.astype(np.float64)):
+                return "isolated margin exceeds the account's deposit"
+        for m in self.markets:
+            sel = midx == m.i
+            if sel.any() and lev[sel].max() > m.spec.margin.brackets[0].max_leverage:
+                return f"leverage above the maximum of {m.spec.symbol}"
+        # blocked oracles forbid opening risk
+        blocked = self._oracle_blocked(
+            sorted({self.markets[i].spec.base_asset for i in set(midx.tolist())}), orc.Action.OPEN
+        )
+        if blocked:
+            return blocked
+        # --- write (rolled back below if the exact initial-margin check fails) ---
+        r0, p0 = self.n_acc, self.n_pos
+        while len(self.acct_id) < r0 + k:
+            self._grow_accounts()
+        while len(self.pos_acct) < p0 + npos:
+            self._grow_positions()
+        rows = np.arange(r0, r0 + k, dtype=np.int64)
+        self.acct_id[r0 : r0 + k] = aid
+        iso_sum = np.zeros(k, dtype=np.int64)
+        np.add.at(iso_sum, pa, isom)
+        self.bal[r0 : r0 + k, self.quote_c] = dep - iso_sum
+        self.n_acc += k
+        self.row_of.update(zip(aid.tolist(), rows.tolist(), strict=True))
+
+        # physical slots market-major (then by account): each market's column is a contiguous run,
+        # so the screen streams through memory; accounts find their positions by the linked list
+        gp = np.empty(npos, dtype=np.int64)
+        gp[np.argsort(midx, kind="stable")] = np.arange(p0, p0 + npos, dtype=np.int64)
+        self.pos_acct[gp] = rows[pa]
+        self.pos_mkt[gp] = midx
+        self.pos_size[gp] = size
+        # cost: a buyer pays ceil(size * price), a seller receives floor (exact Python ints)
+        costs = []
+        for sz, pr, mi in zip(size.tolist(), price.tolist(), midx.tolist(), strict=True):
+            sd = self.markets[mi].spec.size_decimals
+            costs.append(
+                margin.value_quote_q(sz, pr, sd, Rounding.CEIL)
+                if sz > 0
+                else -margin.value_quote_q(-sz, pr, sd, Rounding.FLOOR)
+            )
+        self.pos_cost[gp] = np.array(costs, dtype=np.int64)
+        self.pos_iso[gp] = iso
+        self.pos_iso_margin[gp] = isom
+        self.pos_lev[gp] = lev
+        self.pos_status[gp] = 0
+        fidx_now = np.array([m.fidx for m in self.markets], dtype=np.int64)
+        self.pos_fidx[gp] = fidx_now[midx]
+        nxt = np.full(npos, -1, dtype=np.int64)
+        if npos > 1:
+            same = pa[1:] == pa[:-1]
+            nxt[:-1][same] = gp[1:][same]
+        self.pos_next[gp] = nxt
+        if npos:
+            starts = np.flatnonzero(np.r_[True, pa[1:] != pa[:-1]])
+            self.first_pos[rows[pa[starts]]] = gp[starts]
+        self.n_pos += npos
+        for m in self.markets:
+            sel = midx == m.i
+            if sel.any():
+                m.pending.extend(np.sort(gp[sel]).tolist())
+                m.long_oi_base_q += int(np.clip(size[sel], 0, None).sum())
+        self.deposits[self.quote_c] += int(dep.sum())
+        # float shadow for the new accounts, then the exact initial-margin check where it is not clear-cut
+        self.acct_h[r0 : r0 + k] = self.bal[r0 : r0 + k, self.quote_c].astype(np.float64)
+        self.coll_f[r0 : r0 + k, self.quote_c] = self.acct_h[r0 : r0 + k]
+        self.acct_mm[r0 : r0 + k] = 0.0
+        self.acct_err[r0 : r0 + k] = kernels.U * np.abs(self.acct_h[r0 : r0 + k]) * 4
+        self.acct_f[r0 : r0 + k, 3] = 0.0
+        self.pos_c[gp] = self.pos_e[gp] = self.pos_mm[gp] = 0.0
+        flagged: list[Bucket] = []
+        im_f = np.zeros(k, dtype=np.float64)
+        exact_rows: set[int] = set()
+        for m in self.markets:
+            sel = np.flatnonzero(midx == m.i)
+            if not len(sel):
+                continue
+            idx = gp[sel]  # ascending: slots were given market-major in input order
+            flagged.extend(self._screen(idx, m))
+            mdl = m.spec.margin
+            if mdl.sqrt_imf_factor_ppm or mdl.oi_lower_quote_q is not None:
+                exact_rows.update(pa[sel].tolist())
+                continue
+            notional = np.abs(size[sel].astype(np.float64)) * float(m.mark_q or 0) * m.kv
+            b = np.searchsorted(m.floors, notional * (1 + 1e-9), side="right") - 1
+            max_lev = np.array([br.max_leverage for br in mdl.brackets], dtype=np.float64)[np.clip(b, 0, None)]
+            imf = np.maximum(np.maximum(1.0 / lev[sel], 1.0 / max_lev), mdl.imr_floor_ppm / PPM)
+            need = notional * imf * (1 + 1e-9) + 4.0
+            cross = iso[sel] == 0
+            np.add.at(im_f, pa[sel][cross], need[cross])
+            isol = ~cross
+            if isol.any():
+                hi = isom[sel][isol].astype(np.float64) + self.pos_c[idx[isol]] + self.pos_mm[idx[isol]]
+                bad = hi - self.pos_e[idx[isol]] < need[isol]
+                exact_rows.update(pa[sel][isol][bad].tolist())
+        eq_f = self.acct_h[r0 : r0 + k] + self.acct_mm[r0 : r0 + k] - self.acct_err[r0 : r0 + k]
+        exact_rows.update(np.flatnonzero(eq_f < im_f).tolist())
+        for j in sorted(exact_rows):
+            r = r0 + j
+            ok = self.cross_risk(r).equity_quote_q >= self.cross_initial(r) and all(
+                self.iso_risk(p).equity_quote_q >= self.position_initial(p)
+                for p in self.positions_of(r)
+                if self.pos_iso[p]
+            )
+            if not ok:
+                self._rollback_seed(r0, p0, aid, midx, size, dep)
+                return f"account {int(aid[j])} would start below initial margin"
+        self._evaluate(flagged, out)
+        return ""
+
+    def _rollback_seed(
+        self, r0: int, p0: int, aid: np.ndarray, midx: np.ndarray, size: np.ndarray, dep: np.ndarray
+    ) -> None:
+        for a in aid.tolist():
+            self.row_of.pop(a, None)
+        self.first_pos[r0 : self.n_acc] = -1
+        self.bal[r0 : self.n_acc] = 0
+        self.acct_id[r0 : self.n_acc] = 0
+        for f in self._EXACT_POS:
+            getattr(self, f)[p0 : self.n_pos] = 0
+        for m in self.markets:
+            m.pending = [p for p in m.pending if p < p0]
+            sel = midx == m.i
+            m.long_oi_base_q -= int(np.clip(size[sel], 0, None).sum())
+        self.deposits[self.quote_c] -= int(dep.sum())
+        self.n_acc, self.n_pos = r0, p0
+
     def _save_account(self, r: int) -> dict[str, Any]:
         ps = self.positions_of(r)
         return {
@@ -536,7 +748,7 @@ class Engine:
             for f, v in zip(self._EXACT_POS, vals, strict=True):
                 getattr(self, f)[p] = v
         for m in self.markets:
-            del m.pending[s["pending"][m.i]:]
+            del m.pending[s["pending"][m.i] :]
             m.long_oi_base_q = s["oi"][m.i]
         self.clearing_q = s["clearing"]
         self.fees_q = s["fees"]
@@ -718,9 +930,25 @@ class Engine:
 
     def _kernel_args(self, m: _Market) -> tuple[Any, ...]:
         return (
-            self.pos_acct, self.pos_size, self.pos_cost, self.pos_fidx, self.pos_iso, self.pos_iso_margin,
-            self.pos_c, self.pos_e, self.pos_mm, m.fidx, float(m.mark_q or 0), m.kv, m.kf, m.floors, m.rates,
-            m.cums, m.disc_q, m.drift_imf, m.drift_k,
+            self.pos_acct,
+            self.pos_size,
+            self.pos_cost,
+            self.pos_fidx,
+            self.pos_iso,
+            self.pos_iso_margin,
+            self.pos_c,
+            self.pos_e,
+            self.pos_mm,
+            m.fidx,
+            float(m.mark_q or 0),
+            m.kv,
+            m.kf,
+            m.floors,
+            m.rates,
+            m.cums,
+            m.disc_q,
+            m.drift_imf,
+            m.drift_k,
         )
 
     def _remargin(self, m: _Market) -> list[Bucket]:
@@ -728,14 +956,17 @@ class Engine:
         col = m.column()
         if self.screen == "reference":
             return self._reference_flags(col)
-        flag_a = np.empty(len(col), dtype=np.int64)
-        flag_p = np.empty(len(col), dtype=np.int64)
-        na, npos = kernels.remargin_market(
-            col, *self._kernel_args(m), self.acct_h, self.acct_mm, self.acct_err,
-            self.cfg.at_risk_buffer_ppm / PPM, flag_a, flag_p,
+        return self._screen(col, m)
+
+    def _screen(self, idx: np.ndarray, m: _Market) -> list[Bucket]:
+        flag = np.empty(len(idx), dtype=np.uint8)
+        kernels.remargin_market(
+            idx, *self._kernel_args(m), self.acct_f, self.cfg.at_risk_buffer_ppm / PPM, self.pos_status, flag
         )
-        out = [Bucket(int(a)) for a in flag_a[:na]]
-        out.extend(Bucket(int(self.pos_acct[p]), int(p)) for p in flag_p[:npos])
+        out = []
+        for p in idx[np.flatnonzero(flag)].tolist():
+            r = int(self.pos_acct[p])
+            out.append(Bucket(r, p) if self.pos_iso[p] else Bucket(r))
         return out
 
     def _reference_flags(self, col: np.ndarray) -> list[Bucket]:
@@ -749,18 +980,25 @@ class Engine:
             if b in seen:
                 continue
             seen.add(b)
-            risk = self.bucket_risk(b)
-            if risk.health_quote_q * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q:
+            if self._exact_may_change(b):
                 out.append(b)
         return out
+
+    def _exact_may_change(self, b: Bucket) -> bool:
+        """Reference twin of the kernel's flag: breached, or the exact class differs from the status."""
+        risk = self.bucket_risk(b)
+        h = risk.health_quote_q
+        if h < 0:
+            return True
+        at_risk = h * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q
+        return self._status_of(b) != (1 if at_risk else 0)
 
     def _remargin_collateral(self, c: int) -> list[Bucket]:
         rows = np.flatnonzero(self.bal[: self.n_acc, c])
         out = []
         for r in rows.tolist():
             if self.screen == "reference":
-                risk = self.cross_risk(r)
-                if risk.health_quote_q * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q:
+                if self._exact_may_change(Bucket(r)):
                     out.append(Bucket(r))
                 continue
             self._resync(r)
@@ -769,8 +1007,15 @@ class Engine:
         return out
 
     def _float_flag(self, r: int) -> bool:
-        h, m, e = self.acct_h[r], self.acct_mm[r], self.acct_err[r]
-        return bool(h - e < self.cfg.at_risk_buffer_ppm / PPM * (m + e))
+        return bool(
+            kernels.may_change_py(
+                float(self.acct_h[r]),
+                float(self.acct_err[r]),
+                float(self.acct_mm[r]),
+                self.cfg.at_risk_buffer_ppm / PPM,
+                int(self.status[r]),
+            )
+        )
 
     def _resync(self, r: int) -> None:
         """Recompute account ``r``'s float shadow from its exact state (after any non-tick change)."""
@@ -788,8 +1033,19 @@ class Engine:
                 self.pos_c[p] = self.pos_e[p] = self.pos_mm[p] = 0.0
                 continue
             c_, e_, mm_ = kernels.contribution_py(
-                int(self.pos_size[p]), int(self.pos_cost[p]), m.fidx, int(self.pos_fidx[p]), float(m.mark_q),
-                m.kv, m.kf, m.floors, m.rates, m.cums, m.disc_q, m.drift_imf, m.drift_k,
+                int(self.pos_size[p]),
+                int(self.pos_cost[p]),
+                m.fidx,
+                int(self.pos_fidx[p]),
+                float(m.mark_q),
+                m.kv,
+                m.kf,
+                m.floors,
+                m.rates,
+                m.cums,
+                m.disc_q,
+                m.drift_imf,
+                m.drift_k,
             )
             self.pos_c[p], self.pos_e[p], self.pos_mm[p] = c_, e_, mm_
             if not self.pos_iso[p]:
@@ -822,6 +1078,7 @@ class Engine:
             return
         if b.pos < 0:
             self.status[b.row] = new
+            self.acct_f[b.row, 3] = new
         else:
             self.pos_status[b.pos] = new
         if new == HEALTHY:
@@ -829,16 +1086,18 @@ class Engine:
         else:
             self.non_healthy.add(b)
         name = "cross" if b.pos < 0 else ISO_BUCKET + self.markets[int(self.pos_mkt[b.pos])].spec.symbol
-        out.append(ev.AccountStatusChanged(
-            self.now_ns, int(self.acct_id[b.row]), name, STATUS_NAMES[old], STATUS_NAMES[new], health
-        ))
+        out.append(
+            ev.AccountStatusChanged(
+                self.now_ns, int(self.acct_id[b.row]), name, STATUS_NAMES[old], STATUS_NAMES[new], health
+            )
+        )
 
     def _evaluate(self, flagged: Iterable[Bucket], out: list[ev.Event]) -> None:
         """Confirm flagged buckets exactly, move them through the state machine, liquidate breaches.
 
         Breaches are handled worst first, then larger maintenance first, then account id.
         """
-        cands = set(flagged) | self.non_healthy
+        cands = set(flagged)
         breaches = []
         for b in sorted(cands, key=lambda b: (b.row, b.pos)):
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
@@ -847,12 +1106,17 @@ class Engine:
             risk = self.bucket_risk(b)
             h = risk.health_quote_q
             st = self._status_of(b)
-            if h < 0 and (risk.mm_quote_q > 0 or risk.equity_quote_q < 0) and self._has_positions(b):
-                if not self._oracle_blocked(self._bucket_assets(b), orc.Action.LIQUIDATE):
-                    breaches.append((h, -risk.mm_quote_q, int(self.acct_id[b.row]), b))
-                    continue
-            trig = "breach_blocked" if h < 0 and self._has_positions(b) else (
-                "at_risk" if h * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q else "ok"
+            if (
+                h < 0
+                and self._has_positions(b)
+                and not self._oracle_blocked(self._bucket_assets(b), orc.Action.LIQUIDATE)
+            ):
+                breaches.append((h, -risk.mm_quote_q, int(self.acct_id[b.row]), b))
+                continue
+            trig = (
+                "breach_blocked"
+                if h < 0 and self._has_positions(b)
+                else ("at_risk" if h * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q else "ok")
             )
             if st == BANKRUPT and trig == "ok" and risk.equity_quote_q <= 0:
                 continue
@@ -869,8 +1133,10 @@ class Engine:
                 self._set_status(b, transition(LIQUIDATING, "closed"), 0, out)
                 self.non_healthy.discard(b)
                 continue
-            trig = "bankrupt" if risk.equity_quote_q <= 0 and not self._has_positions(b) else (
-                "restored" if risk.health_quote_q >= 0 else "bankrupt"
+            trig = (
+                "bankrupt"
+                if risk.equity_quote_q <= 0 and not self._has_positions(b)
+                else ("restored" if risk.health_quote_q >= 0 else "bankrupt")
             )
             self._set_status(b, transition(LIQUIDATING, trig), risk.health_quote_q, out)
 
@@ -931,8 +1197,12 @@ class Engine:
             "positions": {f: getattr(self, f)[:k].copy() for f in self._EXACT_POS},
             "markets": [
                 {
-                    "mark_q": m.mark_q, "last_trade_q": m.last_trade_q, "fidx": m.fidx, "fidx_ts_ns": m.fidx_ts_ns,
-                    "rate_e9": m.rate_e9, "long_oi_base_q": m.long_oi_base_q,
+                    "mark_q": m.mark_q,
+                    "last_trade_q": m.last_trade_q,
+                    "fidx": m.fidx,
+                    "fidx_ts_ns": m.fidx_ts_ns,
+                    "rate_e9": m.rate_e9,
+                    "long_oi_base_q": m.long_oi_base_q,
                     "col": m.column().copy(),
                 }
                 for m in self.markets
@@ -943,8 +1213,11 @@ class Engine:
                 "index_ts": sorted(self.index_ts.items()),
             },
             "ledgers": {
-                "insurance_q": self.insurance_q, "fees_q": self.fees_q, "clearing_q": self.clearing_q,
-                "socialized_q": self.socialized_q, "deposits": list(self.deposits),
+                "insurance_q": self.insurance_q,
+                "fees_q": self.fees_q,
+                "clearing_q": self.clearing_q,
+                "socialized_q": self.socialized_q,
+                "deposits": list(self.deposits),
                 "withdrawals": list(self.withdrawals),
             },
             "seen_ids": sorted(self.seen_ids),
@@ -959,8 +1232,11 @@ class Engine:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], screen: str = "incremental") -> Engine:
-        eng = cls(EngineConfig.from_dict(state["config"]), screen=screen,
-                  capacity=max(16, len(state["accounts"]["acct_id"]), len(state["positions"]["pos_acct"])))
+        eng = cls(
+            EngineConfig.from_dict(state["config"]),
+            screen=screen,
+            capacity=max(16, len(state["accounts"]["acct_id"]), len(state["positions"]["pos_acct"])),
+        )
         eng.seq = state["seq"]
         eng.now_ns = state["now_ns"]
         a = state["accounts"]

@@ -36,9 +36,7 @@ class CloseAtMark:
             if eng.cross_risk(b.row).health_quote_q >= 0:
                 break
         risk = eng.cross_risk(b.row)
-        if risk.equity_quote_q < 0 and not any(
-            eng.pos_size[p] and not eng.pos_iso[p] for p in eng.positions_of(b.row)
-        ):
+        if risk.equity_quote_q < 0 and not any(eng.pos_size[p] and not eng.pos_iso[p] for p in eng.positions_of(b.row)):
             shortfall = -risk.equity_quote_q
             eng.bal[b.row, eng.quote_c] += shortfall
             eng.cover_shortfall(shortfall, int(eng.acct_id[b.row]), out)

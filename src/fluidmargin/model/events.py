@@ -106,6 +106,30 @@ class TradeFilled(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AccountsSeeded(Event):
+    """Open many accounts at once with collateral and positions (a population, a migration).
+
+    Columns are parallel lists. Accounts: ``account_ids`` with ``deposits_quote_q``. Positions:
+    ``pos_account`` (index into account_ids), ``pos_market`` (symbol), signed ``pos_size_base_q``,
+    entry ``pos_price_q``, ``pos_isolated`` (0/1), ``pos_iso_margin_quote_q`` (moved from the
+    account's deposit) and ``pos_leverage``. Each position must pass the same initial-margin check
+    as a fill, or the whole event is rejected.
+    """
+
+    account_ids: list[int]
+    deposits_quote_q: list[int]
+    pos_account: list[int]
+    pos_market: list[str]
+    pos_size_base_q: list[int]
+    pos_price_q: list[int]
+    pos_isolated: list[int]
+    pos_iso_margin_quote_q: list[int]
+    pos_leverage: list[int]
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
 class ClockAdvanced(Event):
     """Event time passed: accrue funding on every market and re-margin."""
 
@@ -204,6 +228,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LastTradeObserved,
         FundingRatePublished,
         TradeFilled,
+        AccountsSeeded,
         ClockAdvanced,
         FundingSettleRequested,
         InputRejected,
@@ -241,4 +266,6 @@ def event_from_dict(d: dict[str, Any]) -> Event:
             raise ValidationError(f"{name}.{key}: expected an integer, got {v!r}")
         if want == "str" and not isinstance(v, str):
             raise ValidationError(f"{name}.{key}: expected a string, got {v!r}")
+        if want.startswith("list") and not isinstance(v, list):
+            raise ValidationError(f"{name}.{key}: expected a list, got {type(v).__name__}")
     return cls(**d)

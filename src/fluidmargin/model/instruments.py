@@ -59,9 +59,12 @@ class BracketModel:
             prev = b
         if (self.oi_lower_quote_q is None) != (self.oi_upper_quote_q is None):
             raise ValidationError(f"margin model {self.name}: give both open-interest caps or neither")
-        if self.oi_lower_quote_q is not None and self.oi_upper_quote_q is not None:
-            if not 0 <= self.oi_lower_quote_q < self.oi_upper_quote_q:
-                raise ValidationError(f"margin model {self.name}: need 0 <= oi_lower < oi_upper")
+        if (
+            self.oi_lower_quote_q is not None
+            and self.oi_upper_quote_q is not None
+            and not 0 <= self.oi_lower_quote_q < self.oi_upper_quote_q
+        ):
+            raise ValidationError(f"margin model {self.name}: need 0 <= oi_lower < oi_upper")
 
 
 # --- instruments ---------------------------------------------------------------------------------

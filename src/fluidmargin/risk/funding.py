@@ -45,9 +45,13 @@ def funding_owed_quote_q(size_base_q: int, fidx_now: int, fidx_last: int, size_d
     CEIL makes a payer pay the part-quantum and a receiver forgo it: the remainder stays with
     the system.
     """
-    return div_round(size_base_q * (fidx_now - fidx_last) * QUOTE_SCALE, 10**size_decimals * FUNDING_SCALE, Rounding.CEIL)
+    return div_round(
+        size_base_q * (fidx_now - fidx_last) * QUOTE_SCALE, 10**size_decimals * FUNDING_SCALE, Rounding.CEIL
+    )
 
 
 def funding_payment_quote_q(size_base_q: int, mark_q: int, rate_e9: int, size_decimals: int) -> int:
     """One discrete funding payment size * mark * rate (what a long pays; negative = receives), CEIL."""
-    return div_round(size_base_q * mark_q * rate_e9 * QUOTE_SCALE, 10**size_decimals * PRICE_SCALE * RATE_SCALE, Rounding.CEIL)
+    return div_round(
+        size_base_q * mark_q * rate_e9 * QUOTE_SCALE, 10**size_decimals * PRICE_SCALE * RATE_SCALE, Rounding.CEIL
+    )

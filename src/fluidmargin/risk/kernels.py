@@ -21,43 +21,74 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 U = 2.0**-53
 REL = 64.0 * U
 SLACK_Q = 8.0
 
 
-@njit(cache=True, inline="always")
-def _contribution(size, cost, fidx_now, fidx_last, mark_f, kv, kf, floors, rates, cums, disc_q, drift_imf, drift_k):
-    """Float contribution of one position, its error bound, and its maintenance margin."""
+def contribution_py(
+    size: int,
+    cost: int,
+    fidx_now: int,
+    fidx_last: int,
+    mark_f: float,
+    kv: float,
+    kf: float,
+    floors: np.ndarray,
+    rates: np.ndarray,
+    cums: np.ndarray,
+    disc_q: float,
+    drift_imf: float,
+    drift_k: float,
+) -> tuple[float, float, float]:
+    """Float contribution of one position (value - cost - funding - mm), its error bound, and mm.
+
+    Plain Python: the kernel below inlines the same formula (tests assert they agree).
+    """
     s = float(size)
     value = s * mark_f * kv
     fund = s * float(fidx_now - fidx_last) * kf
     notional = abs(value)
     b = 0
-    for j in range(floors.shape[0]):
+    for j in range(1, len(floors)):
         if floors[j] <= notional:
             b = j
         else:
             break
-    mm = notional * rates[b] - cums[b]
+    mm = notional * float(rates[b]) - float(cums[b])
     slack = SLACK_Q + disc_q
     if drift_imf > 0.0:
-        r = rates[b] * 1e6
-        size_1e9 = abs(s) * drift_k
-        prem = (r - math.floor(r / 5.0) + math.sqrt(size_1e9 * 10.0 + 1.0) * drift_imf / 1e5) / 1e6
+        r = float(rates[b]) * 1e6
+        prem = (r - math.floor(r * 0.2) + math.sqrt(abs(s) * drift_k * 10.0 + 1.0) * drift_imf * 1e-5) * 1e-6
         if prem * notional > mm:
             mm = prem * notional
         slack += notional * 2e-6
-    if mm < 0.0:
-        mm = 0.0
-    c = value - float(cost) - fund - mm
-    err = REL * (notional + abs(float(cost)) + abs(fund) + mm) + slack
+    mm = max(mm, 0.0)
+    cost_f = float(cost)
+    c = value - cost_f - fund - mm
+    err = REL * (notional + abs(cost_f) + abs(fund) + mm) + slack
     return c, err, mm
 
 
-@njit(cache=True)
+def may_change_py(h: float, eb: float, mm: float, buffer_frac: float, status: int) -> bool:
+    """Whether a bucket with float health ``h`` (error <= ``eb``) may need a status change.
+
+    Status 0 healthy, 1 at risk (engine.state). Certainly healthy: h - eb >= b (mm + eb).
+    Certainly at risk and not breached: h - eb >= 0 and h + eb < b (mm - eb). Anything else,
+    including a possible breach (h - eb < 0), is flagged for the exact check.
+    """
+    if h - eb < 0.0:
+        return True
+    if h - eb >= buffer_frac * (mm + eb):
+        return status != 0
+    if h + eb < buffer_frac * (mm - eb):
+        return status != 1
+    return True
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
 def remargin_market(
     idx,
     pos_acct,
@@ -79,58 +110,85 @@ def remargin_market(
     disc_q,
     drift_imf,
     drift_k,
-    acct_h,
-    acct_mm,
-    acct_err,
+    acct_f,
     buffer_frac,
-    flag_acct,
-    flag_pos,
+    pos_status,
+    flag,
 ):
-    """Update every position of one market (``idx``) at a new mark / funding index.
+    """Update every position of one market (``idx``) at a new mark / funding index, in parallel.
 
-    Cross positions move their account's health by (new - old) contribution; isolated ones are
-    their own bucket. Returns the number of flagged accounts and isolated positions written
-    into ``flag_acct`` / ``flag_pos``.
+    Cross positions move their account's float health (``acct_f[a] = h, mm, err, status``) by
+    (new - old) contribution; isolated ones are their own bucket. Positions of one market belong
+    to distinct accounts, so iterations never write the same row. ``flag[t] = 1`` where the
+    bucket's status may change (see :func:`may_change_py`).
     """
-    na = 0
-    npos = 0
-    for t in range(idx.shape[0]):
+    nb = floors.shape[0]
+    for t in prange(idx.shape[0]):
         p = idx[t]
         size = pos_size[p]
+        flag[t] = 0
         if size == 0:
             continue
-        c, e, mm = _contribution(
-            size, pos_cost[p], fidx_now, pos_fidx[p], mark_f, kv, kf, floors, rates, cums, disc_q, drift_imf, drift_k
-        )
+        s = float(size)
+        value = s * mark_f * kv
+        fund = s * float(fidx_now - pos_fidx[p]) * kf
+        notional = abs(value)
+        b = 0
+        for j in range(1, nb):
+            if floors[j] <= notional:
+                b = j
+            else:
+                break
+        mm = notional * rates[b] - cums[b]
+        slack = SLACK_Q + disc_q
+        if drift_imf > 0.0:
+            r = rates[b] * 1e6
+            prem = (r - math.floor(r * 0.2) + math.sqrt(abs(s) * drift_k * 10.0 + 1.0) * drift_imf * 1e-5) * 1e-6
+            if prem * notional > mm:
+                mm = prem * notional
+            slack += notional * 2e-6
+        if mm < 0.0:
+            mm = 0.0
+        cost = float(pos_cost[p])
+        c = value - cost - fund - mm
+        e = REL * (notional + abs(cost) + abs(fund) + mm) + slack
         if pos_iso[p]:
             pos_c[p] = c
             pos_e[p] = e
             pos_mm[p] = mm
-            h = float(pos_iso_margin[p]) + c
-            eb = e + U * abs(h) + U * abs(float(pos_iso_margin[p]))
-            if h - eb < buffer_frac * (mm + eb):
-                flag_pos[npos] = p
-                npos += 1
-            continue
-        a = pos_acct[p]
-        h = acct_h[a] + (c - pos_c[p])
-        acct_h[a] = h
-        m = acct_mm[a] + (mm - pos_mm[p])
-        acct_mm[a] = m
-        eb = acct_err[a] + (e - pos_e[p]) + 2.0 * U * (abs(h) + abs(m)) + REL * (abs(c) + abs(pos_c[p]))
-        acct_err[a] = eb
-        pos_c[p] = c
-        pos_e[p] = e
-        pos_mm[p] = mm
-        if h - eb < buffer_frac * (m + eb):
-            flag_acct[na] = a
-            na += 1
-    return na, npos
+            im = float(pos_iso_margin[p])
+            h = im + c
+            eb = e + U * (abs(h) + abs(im))
+            st = pos_status[p]
+        else:
+            a = pos_acct[p]
+            h = acct_f[a, 0] + (c - pos_c[p])
+            m = acct_f[a, 1] + (mm - pos_mm[p])
+            eb = acct_f[a, 2] + (e - pos_e[p]) + 2.0 * U * (abs(h) + abs(m)) + REL * (abs(c) + abs(pos_c[p]))
+            acct_f[a, 0] = h
+            acct_f[a, 1] = m
+            acct_f[a, 2] = eb
+            pos_c[p] = c
+            pos_e[p] = e
+            pos_mm[p] = mm
+            mm = m
+            st = acct_f[a, 3]
+        if h - eb < 0.0:
+            flag[t] = 1
+        elif h - eb >= buffer_frac * (mm + eb):
+            flag[t] = 1 if st != 0 else 0
+        elif h + eb < buffer_frac * (mm - eb):
+            flag[t] = 1 if st != 1 else 0
+        else:
+            flag[t] = 1
 
 
-def contribution_py(size, cost, fidx_now, fidx_last, mark_f, kv, kf, floors, rates, cums, disc_q, drift_imf, drift_k):
-    """Plain-Python twin of the kernel's per-position contribution (for the agreement tests)."""
-    return _contribution.py_func(
-        size, cost, fidx_now, fidx_last, mark_f, kv, kf, np.asarray(floors), np.asarray(rates), np.asarray(cums),
-        disc_q, drift_imf, drift_k,
-    )
+def set_threads() -> int:
+    """Use the cores this process may run on (numba's default counts the host's, oversubscribing)."""
+    import os
+
+    import numba
+
+    n: int = max(1, min(len(os.sched_getaffinity(0)), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    numba.set_num_threads(n)
+    return n

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.core.units import PPM, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, div_round
+from fluidmargin.core.units import PPM, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, div_round, notional_quote_q, pow10
 from fluidmargin.model.instruments import Bracket, BracketModel
 
 DRIFT_IMF_PRECISION = 1_000_000  # Drift SPOT_IMF_PRECISION
@@ -45,7 +45,7 @@ def drift_size_premium_ratio(size_1e9: int, imf_factor: int, ratio: int, precisi
 
 def _drift_size_1e9(size_abs_base_q: int, size_decimals: int) -> int:
     shift = DRIFT_SIZE_DECIMALS - size_decimals
-    return size_abs_base_q * 10**shift if shift >= 0 else size_abs_base_q // 10 ** (-shift)
+    return size_abs_base_q * pow10(shift) if shift >= 0 else size_abs_base_q // pow10(-shift)
 
 
 def maintenance_ratio_ppm(model: BracketModel, notional_quote_q: int, size_abs_base_q: int, size_decimals: int) -> int:
@@ -130,14 +130,9 @@ def initial_quote_q(
 # --- value of a position ----------------------------------------------------------------------------
 
 
-def _shift(size_decimals: int) -> int:
-    return size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS
-
-
 def value_quote_q(size_base_q: int, price_q: int, size_decimals: int, rounding: Rounding) -> int:
     """Signed value size * price in quote quantums, rounded as asked."""
-    s = _shift(size_decimals)
-    return div_round(size_base_q * price_q, 10**s, rounding) if s >= 0 else size_base_q * price_q * 10 ** (-s)
+    return notional_quote_q(size_base_q, price_q, size_decimals, rounding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +157,11 @@ def position_risk(
     """Exact value, notional, unrealised PnL (net of funding owed) and maintenance of a position."""
     value = value_quote_q(size_base_q, mark_q, size_decimals, Rounding.FLOOR)
     notional = value_quote_q(abs(size_base_q), mark_q, size_decimals, Rounding.CEIL)
-    mm = maintenance_quote_q(model, notional, abs(size_base_q), size_decimals, entry_notional_quote_q) if size_base_q else 0
+    mm = (
+        maintenance_quote_q(model, notional, abs(size_base_q), size_decimals, entry_notional_quote_q)
+        if size_base_q
+        else 0
+    )
     return PositionRisk(value, notional, value - cost_quote_q - funding_owed_quote_q, mm)
 
 

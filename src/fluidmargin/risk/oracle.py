@@ -53,7 +53,9 @@ def classify(
     if price_q <= 0:
         return Classified(Validity.INVALID, "non-positive price", None)
     if last_source_ts_ns is not None and ts_ns <= last_source_ts_ns:
-        return Classified(Validity.INVALID, f"out of order: ts {ts_ns} <= last {last_source_ts_ns} of this source", None)
+        return Classified(
+            Validity.INVALID, f"out of order: ts {ts_ns} <= last {last_source_ts_ns} of this source", None
+        )
     if confidence_ppm < policy.min_confidence_ppm:
         return Classified(
             Validity.LOW_CONFIDENCE, f"confidence {confidence_ppm} ppm below {policy.min_confidence_ppm}", price_q
@@ -121,7 +123,9 @@ def mark_price_q(
         return index_q
     if rule != "median3":
         raise ValidationError(f"unknown mark rule {rule!r}")
-    p1 = index_q + div_round(index_q * funding_rate_e9 * time_to_funding_ns, 10**9 * interval_s * NS_PER_S, Rounding.FLOOR)
+    p1 = index_q + div_round(
+        index_q * funding_rate_e9 * time_to_funding_ns, 10**9 * interval_s * NS_PER_S, Rounding.FLOOR
+    )
     parts = [p1, index_q + basis_q]
     if last_trade_q is not None:
         parts.append(last_trade_q)

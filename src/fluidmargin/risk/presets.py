@@ -77,7 +77,9 @@ def hyperliquid(tiers: Sequence[tuple[Any, int]], name: str = "hyperliquid") -> 
     return BracketModel(name=name, brackets=tuple(brackets))
 
 
-def dydx(imf: Any, maintenance_fraction: Any, oi_lower: Any = None, oi_upper: Any = None, name: str = "dydx") -> BracketModel:
+def dydx(
+    imf: Any, maintenance_fraction: Any, oi_lower: Any = None, oi_upper: Any = None, name: str = "dydx"
+) -> BracketModel:
     """dYdX v4 liquidity tier: IMF, MMF = IMF * maintenance fraction, open-interest-scaled IMF."""
     imf_ppm = _ppm(imf, "imf")
     mmf_ppm = div_round(imf_ppm * _ppm(maintenance_fraction, "maintenance_fraction"), PPM, Rounding.CEIL)

@@ -56,7 +56,11 @@ def perp_venue(
     if yield_collateral:
         coll.append(
             CollateralAsset(
-                "wstETH", 18, 900_000, price_asset="WSTETH", kind="yield",
+                "wstETH",
+                18,
+                900_000,
+                price_asset="WSTETH",
+                kind="yield",
                 yield_spec=YieldSpec("ETH", 10**18, 35_000, 0),
             )
         )
