@@ -7,6 +7,11 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fluidmargin: a real-time margin engine.")
 
 
+@app.callback()
+def _root() -> None:
+    """fluidmargin: a deterministic real-time margin engine for crypto derivatives."""
+
+
 def _register() -> None:
     from fluidmargin.cli import demo, quote, replay, verify  # noqa: F401  (each registers its commands)
 
@@ -14,4 +19,6 @@ def _register() -> None:
 _register()
 
 if __name__ == "__main__":
-    app()
+    from fluidmargin.cli.main import app as _app  # the module the commands registered on
+
+    _app()

@@ -113,9 +113,13 @@ def parse_decimal(text: str | int | float | Decimal, decimals: int, rounding: Ro
         raise ValidationError(f"{name}: {text!r} is not a finite number")
     if d.adjusted() > 30:
         raise ValidationError(f"{name}: {text!r} is too large")
-    scaled = d.scaleb(decimals)
-    num, den = scaled.as_integer_ratio()
-    value = div_round(num, den, rounding)
+    if d.is_zero():
+        return 0
+    if d.adjusted() < -decimals - 1:
+        # far below one quantum: only the sign matters for the rounding (and no huge 10**n below)
+        return div_round(1 if d > 0 else -1, 2, rounding)
+    num, den = d.as_integer_ratio()  # exact: no 28-digit context rounding on the way
+    value = div_round(num * pow10(decimals), den, rounding)
     return check_bounds(name, value)
 
 

@@ -70,6 +70,7 @@ class _Market:
         self.last_trade_q: int | None = None
         self.fidx = 0
         self.fidx_ts_ns: int | None = None
+        self.fidx_rem = 0  # remainder of the index accrual, carried so small steps lose nothing
         self.rate_e9 = 0
         self.long_oi_base_q = 0
         self.col = np.zeros(0, dtype=np.int64)
@@ -922,7 +923,9 @@ class Engine:
     def _accrue(self, m: _Market) -> None:
         """Accrue the market's funding index to now at the current rate and mark."""
         if m.fidx_ts_ns is not None and m.mark_q is not None and self.now_ns > m.fidx_ts_ns:
-            inc = fnd.accrue_fidx(m.rate_e9, m.mark_q, self.now_ns - m.fidx_ts_ns, m.spec.funding.interval_s)
+            inc, m.fidx_rem = fnd.accrue_fidx_carry(
+                m.rate_e9, m.mark_q, self.now_ns - m.fidx_ts_ns, m.spec.funding.interval_s, m.fidx_rem
+            )
             if abs(m.fidx + inc) > MAX_QUANTUMS:
                 raise InvariantViolation(f"funding index of {m.spec.symbol} would overflow")
             m.fidx += inc
@@ -1201,6 +1204,7 @@ class Engine:
                     "last_trade_q": m.last_trade_q,
                     "fidx": m.fidx,
                     "fidx_ts_ns": m.fidx_ts_ns,
+                    "fidx_rem": m.fidx_rem,
                     "rate_e9": m.rate_e9,
                     "long_oi_base_q": m.long_oi_base_q,
                     "col": m.column().copy(),
@@ -1252,6 +1256,7 @@ class Engine:
         for m, s in zip(eng.markets, state["markets"], strict=True):
             m.mark_q, m.last_trade_q, m.fidx = s["mark_q"], s["last_trade_q"], s["fidx"]
             m.fidx_ts_ns, m.rate_e9, m.long_oi_base_q = s["fidx_ts_ns"], s["rate_e9"], s["long_oi_base_q"]
+            m.fidx_rem = s["fidx_rem"]
             m.col = np.asarray(s["col"], dtype=np.int64).copy()
         o = state["oracle"]
         eng.src_last = {(a_, s_): (p, t) for a_, s_, p, t in o["src_last"]}

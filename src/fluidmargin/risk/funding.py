@@ -39,6 +39,18 @@ def accrue_fidx(rate_e9: int, price_q: int, dt_ns: int, interval_s: int) -> int:
     return div_round(num, den, Rounding.FLOOR)
 
 
+def accrue_fidx_carry(rate_e9: int, price_q: int, dt_ns: int, interval_s: int, rem: int) -> tuple[int, int]:
+    """Like :func:`accrue_fidx`, carrying the remainder so that many small steps lose nothing.
+
+    ``rem`` is the previous remainder (in units of 1/den of the index); returns (increment, remainder)
+    with 0 <= remainder < den, so the index after n steps equals one step over the whole period.
+    """
+    num = rate_e9 * price_q * dt_ns * FUNDING_SCALE + rem
+    den = RATE_SCALE * PRICE_SCALE * interval_s * NS_PER_S
+    inc, rem = divmod(num, den)
+    return inc, rem
+
+
 def funding_owed_quote_q(size_base_q: int, fidx_now: int, fidx_last: int, size_decimals: int) -> int:
     """What a position owes (+) or is owed (-) since its last settlement; rounded up (CEIL).
 

@@ -6,6 +6,7 @@ Requirements round up, values round down: rounding favours the system's solvency
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -203,7 +204,9 @@ def liquidation_price_q(
             cum = Fraction(b.cum_quote_q) * q
         if model.mm_on_entry and entry_notional_quote_q is not None:
             # maintenance fixed at entry notional: c + s p = MM_entry + fee |s| p
-            mm_fixed = Fraction(maintenance_quote_q(model, entry_notional_quote_q - 0)) * q
+            # the close fee is charged below on the notional at p, not on the entry notional
+            no_fee = dataclasses.replace(model, close_fee_ppm=0)
+            mm_fixed = Fraction(maintenance_quote_q(no_fee, entry_notional_quote_q)) * q
             denom = s - fee * abs(s)
             if denom != 0:
                 candidates.append((mm_fixed - c) / denom)

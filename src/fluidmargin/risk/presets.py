@@ -83,7 +83,9 @@ def dydx(
     """dYdX v4 liquidity tier: IMF, MMF = IMF * maintenance fraction, open-interest-scaled IMF."""
     imf_ppm = _ppm(imf, "imf")
     mmf_ppm = div_round(imf_ppm * _ppm(maintenance_fraction, "maintenance_fraction"), PPM, Rounding.CEIL)
-    max_lev = max(1, PPM // imf_ppm)
+    max_lev = max(1, div_round(PPM, imf_ppm, Rounding.CEIL))  # so 1/max_lev never exceeds the IMF
+    if oi_upper is not None and _quote(oi_upper, "oi_upper") == 0:
+        oi_lower = oi_upper = None  # dYdX: an upper cap of 0 switches open-interest scaling off
     return BracketModel(
         name=name,
         brackets=(Bracket(0, mmf_ppm, 0, max_lev),),
@@ -98,7 +100,7 @@ def drift(imr: Any, mmr: Any, imf_factor: Any, name: str = "drift") -> BracketMo
     imr_ppm = _ppm(imr, "imr")
     return BracketModel(
         name=name,
-        brackets=(Bracket(0, _ppm(mmr, "mmr"), 0, max(1, PPM // imr_ppm)),),
+        brackets=(Bracket(0, _ppm(mmr, "mmr"), 0, max(1, div_round(PPM, imr_ppm, Rounding.CEIL))),),
         imr_floor_ppm=imr_ppm,
         sqrt_imf_factor_ppm=parse_decimal(imf_factor, 6, Rounding.CEIL, "imf_factor"),
     )

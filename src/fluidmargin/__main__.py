@@ -1,0 +1,5 @@
+"""`python -m fluidmargin ...` runs the CLI."""
+
+from fluidmargin.cli.main import app
+
+app()
