@@ -109,7 +109,6 @@ class Engine:
             raise ValueError("screen must be 'incremental' or 'reference'")
         self.cfg = config
         self.screen = screen
-        kernels.set_threads()
         self.markets = [_Market(i, m) for i, m in enumerate(config.markets)]
         self.market_idx = {m.spec.symbol: m for m in self.markets}
         self.coll: list[CollateralAsset] = list(config.collateral)
@@ -145,7 +144,8 @@ class Engine:
         # time and sequence
         self.now_ns = 0
         self.seq = 0
-        self.seen_ids: set[str] = set()
+        self.seen_ids: set[str] = set()  # every id ever accepted (an id is consumed even if its input was rejected)
+        self._ids_acc = 0  # order-independent digest of seen_ids, so hashing does not walk the set
         self.liquidator: liq.Liquidator = liq.CloseAtMark()
         # accounts
         self.n_acc = 0
@@ -238,6 +238,7 @@ class Engine:
             if eid in self.seen_ids:
                 return []
             self.seen_ids.add(eid)
+            self._ids_acc = (self._ids_acc + _id_digest(eid)) & _MASK128
         out: list[ev.Event] = []
         ts = event.ts_ns
         if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0 or ts > MAX_QUANTUMS:
@@ -1183,8 +1184,11 @@ class Engine:
             total -= self.socialized_q
         return total
 
-    def state_dict(self) -> dict[str, Any]:
-        """The whole exact state as plain values (float shadows excluded): hashed and snapshotted."""
+    def state_dict(self, for_hash: bool = False) -> dict[str, Any]:
+        """The whole exact state as plain values (float shadows excluded): hashed and snapshotted.
+
+        ``for_hash`` replaces the set of seen event ids by its count and order-independent digest.
+        """
         n, k = self.n_acc, self.n_pos
         return {
             "version": 1,
@@ -1224,14 +1228,14 @@ class Engine:
                 "deposits": list(self.deposits),
                 "withdrawals": list(self.withdrawals),
             },
-            "seen_ids": sorted(self.seen_ids),
+            "seen_ids": [len(self.seen_ids), self._ids_acc] if for_hash else sorted(self.seen_ids),
             "non_healthy": sorted((b.row, b.pos) for b in self.non_healthy),
         }
 
     def state_hash(self) -> str:
         """SHA-256 over a canonical encoding of :meth:`state_dict`."""
         h = hashlib.sha256()
-        _feed(h, self.state_dict())
+        _feed(h, self.state_dict(for_hash=True))
         return h.hexdigest()
 
     @classmethod
@@ -1267,9 +1271,18 @@ class Engine:
         eng.socialized_q = led["socialized_q"]
         eng.deposits, eng.withdrawals = list(led["deposits"]), list(led["withdrawals"])
         eng.seen_ids = set(state["seen_ids"])
+        for eid in eng.seen_ids:
+            eng._ids_acc = (eng._ids_acc + _id_digest(eid)) & _MASK128
         eng.non_healthy = {Bucket(r, p) for r, p in state["non_healthy"]}
         eng.rebuild_shadow()
         return eng
+
+
+_MASK128 = (1 << 128) - 1
+
+
+def _id_digest(eid: str) -> int:
+    return int.from_bytes(hashlib.sha256(eid.encode()).digest()[:16], "little")
 
 
 def _feed(h: Any, obj: Any) -> None:
