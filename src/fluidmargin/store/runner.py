@@ -1,0 +1,158 @@
+"""An engine bound to its durable log: apply, buffer, group-commit, snapshot, and recover on open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fluidmargin.core.errors import FluidMarginError, ValidationError
+from fluidmargin.engine.engine import Engine
+from fluidmargin.model.config import EngineConfig
+from fluidmargin.model.events import Event
+from fluidmargin.store.log import EventLog, loggable_payload
+from fluidmargin.store.replay import ReplayMismatch, replay
+from fluidmargin.store.snapshot import load_latest, write_snapshot
+
+
+class Runner:
+    """Feeds inputs to an :class:`Engine` and makes its records durable in an :class:`EventLog`.
+
+    Records are buffered and committed every ``group_size`` records (never splitting one input's
+    records); :meth:`flush` commits now and returns the last durable seq: the acknowledgement point.
+    The checkpoint (seq, state hash) is stored in the same transaction as the records it covers, at
+    :meth:`close`, :meth:`snapshot` and once ``checkpoint_every`` records have passed since the last
+    one (hashing the whole state costs time proportional to it, so not at every commit).
+    """
+
+    engine: Engine
+    inputs_applied: int  # input events in the log plus those submitted since (to resume an input stream)
+
+    def __init__(
+        self, log: EventLog, engine: Engine, snapshot_dir: Path | None, group_size: int, checkpoint_every: int = 100_000
+    ) -> None:
+        self.log = log
+        self.engine = engine
+        self.snapshot_dir = snapshot_dir
+        self.group_size = group_size
+        self.inputs_applied = log.count(inputs_only=True)
+        self.durable_seq = log.last_seq()
+        self.checkpoint_every = checkpoint_every
+        self._checkpoint_seq = log.checkpoint()[0]
+        self.restored_seq: int | None = None  # seq of the snapshot recovery started from, if any
+        self.skipped_snapshots: list[str] = []  # why newer snapshots were not used
+        self._buffer: list[tuple[int, Event]] = []
+        self._failed: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | Path,
+        config: EngineConfig | None = None,
+        snapshot_dir: str | Path | None = None,
+        screen: str = "incremental",
+        group_size: int = 1000,
+        checkpoint_every: int = 100_000,
+    ) -> Runner:
+        """Create a new log (needs ``config``) or recover an existing one.
+
+        Recovery restores the newest valid snapshot in ``snapshot_dir`` (if any), replays the rest of
+        the log verifying every seq and output, and checks the stored checkpoint hash.
+        """
+        for name, v in (("group_size", group_size), ("checkpoint_every", checkpoint_every)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValidationError(f"{name} must be a positive integer, not {v!r}")
+        path = Path(path)
+        sdir = Path(snapshot_dir) if snapshot_dir is not None else None
+        if not path.exists():
+            if config is None:
+                raise ValidationError(f"{path} does not exist and no engine config was given to create it")
+            log = EventLog.create(path, config)
+            return cls(log, Engine(config, screen=screen), sdir, group_size, checkpoint_every)
+        log = EventLog.open(path)
+        try:
+            if config is not None and config.to_dict() != log.config.to_dict():
+                raise ValidationError(f"{path} was created with a different engine config")
+            restored, skipped = load_latest(sdir, log, screen)
+            engine = restored.engine if restored else Engine(log.config, screen=screen)
+            start = engine.seq
+            cseq, chash = log.checkpoint()
+            stats = replay(log, engine, hash_at=[cseq])
+            if cseq >= start:
+                if cseq not in stats.hashes:
+                    raise ReplayMismatch(cseq, "the stored checkpoint is not at the end of an input's records")
+                if stats.hashes[cseq] != chash:
+                    raise ReplayMismatch(cseq, f"state hash {stats.hashes[cseq]} differs from the checkpoint {chash}")
+            runner = cls(log, engine, sdir, group_size, checkpoint_every)
+        except BaseException:
+            log.close()
+            raise
+        runner.restored_seq = restored.seq if restored else None
+        runner.skipped_snapshots = skipped
+        return runner
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ValidationError("the runner is closed")
+        if self._failed is not None:
+            raise FluidMarginError(f"the runner stopped after an engine error ({self._failed!r}); reopen the log")
+
+    def submit(self, event: Event) -> list[tuple[int, Event]]:
+        """Apply one input; buffer its records (none for a duplicate event id); commit every group_size.
+
+        An input that cannot be logged faithfully is a ValidationError before the engine sees it.
+        """
+        self._check_usable()
+        loggable_payload(event)
+        try:
+            records = self.engine.apply(event)
+        except BaseException as e:
+            # the engine may be half-way through an input: nothing after the last commit is trusted
+            self._failed = e
+            self._buffer.clear()
+            raise
+        if records:
+            self._buffer.extend(records)
+            self.inputs_applied += 1
+            if len(self._buffer) >= self.group_size:
+                self.flush()
+        return records
+
+    def flush(self) -> int:
+        """Group-commit the buffered records now; returns the last durable seq."""
+        return self._commit(checkpoint=self.engine.seq - self._checkpoint_seq >= self.checkpoint_every)
+
+    def _commit(self, checkpoint: bool) -> int:
+        self._check_usable()
+        checkpoint = checkpoint and self._checkpoint_seq != self.engine.seq
+        if self._buffer or checkpoint:
+            cp = (self.engine.seq, self.engine.state_hash()) if checkpoint else None
+            # the buffer is kept until the commit succeeds, so a failed commit can be retried
+            self.durable_seq = self.log.append(self._buffer, checkpoint=cp)
+            self._buffer.clear()
+            if cp:
+                self._checkpoint_seq = cp[0]
+        return self.durable_seq
+
+    def snapshot(self) -> Path:
+        """Flush, then write a snapshot of the engine at the durable seq (atomically)."""
+        if self.snapshot_dir is None:
+            raise ValidationError("no snapshot directory was given to this runner")
+        self._commit(checkpoint=True)
+        return write_snapshot(self.snapshot_dir, self.engine, self.log)
+
+    def close(self) -> None:
+        """Commit what is buffered with a checkpoint and close the log. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                self._commit(checkpoint=True)
+        finally:
+            self._closed = True
+            self.log.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
