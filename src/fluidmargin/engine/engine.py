@@ -233,28 +233,32 @@ class Engine:
         """
         if not event.is_input:
             raise InvariantViolation(f"{type(event).__name__} is an output event, not an input")
-        eid = getattr(event, "event_id", "")
-        if eid:
+        bad = ev.field_type_error(event)
+        eid = event.event_id if isinstance(getattr(event, "event_id", ""), str) else ""  # type: ignore[attr-defined]
+        if eid and not bad:
             if eid in self.seen_ids:
                 return []
             self.seen_ids.add(eid)
             self._ids_acc = (self._ids_acc + _id_digest(eid)) & _MASK128
         out: list[ev.Event] = []
         ts = event.ts_ns
-        if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0 or ts > MAX_QUANTUMS:
-            out.append(ev.InputRejected(self.now_ns, type(event).__name__, "ts_ns must be a non-negative integer", eid))
+        name = type(event).__name__
+        if bad:
+            if isinstance(ts, int) and not isinstance(ts, bool) and self.now_ns <= ts <= MAX_QUANTUMS:
+                self.now_ns = ts  # like any other refused input, it still marks the time it arrived
+            out.append(ev.InputRejected(self.now_ns, name, bad, eid))
+        elif not 0 <= ts <= MAX_QUANTUMS:
+            out.append(ev.InputRejected(self.now_ns, name, "ts_ns must be a non-negative integer", eid))
         elif ts < self.now_ns:
-            out.append(
-                ev.InputRejected(
-                    self.now_ns, type(event).__name__, f"out of order: ts {ts} < engine time {self.now_ns}", eid
-                )
-            )
+            out.append(ev.InputRejected(self.now_ns, name, f"out of order: ts {ts} < engine time {self.now_ns}", eid))
+        elif reason := self._time_overflow(ts):
+            out.append(ev.InputRejected(self.now_ns, name, reason, eid))
         else:
             self.now_ns = ts
-            handler = getattr(self, "_on_" + type(event).__name__)
+            handler = getattr(self, "_on_" + name)
             reason = handler(event, out)
             if reason:
-                out.append(ev.InputRejected(ts, type(event).__name__, reason, eid))
+                out.append(ev.InputRejected(ts, name, reason, eid))
         records = []
         self.seq += 1
         records.append((self.seq, event))
@@ -262,6 +266,15 @@ class Engine:
             self.seq += 1
             records.append((self.seq, o))
         return records
+
+    def _time_overflow(self, ts: int) -> str:
+        """Why moving the clock to ``ts`` would overflow a funding index (empty if it would not)."""
+        for m in self.markets:
+            if m.fidx_ts_ns is not None and m.mark_q is not None and ts > m.fidx_ts_ns:
+                inc, _ = fnd.accrue_fidx_carry(m.rate_e9, m.mark_q, ts - m.fidx_ts_ns, m.spec.funding.interval_s, m.fidx_rem)
+                if abs(m.fidx + inc) > MAX_QUANTUMS // 4:
+                    return f"time jump to {ts} would overflow the funding index of {m.spec.symbol}"
+        return ""
 
     def apply_all(self, events: Iterable[ev.Event]) -> list[tuple[int, ev.Event]]:
         out = []
@@ -524,9 +537,26 @@ class Engine:
             return "isolated margin given for a cross fill"
         if e.isolated_margin_quote_q > int(self.bal[r, self.quote_c]):
             return "insufficient quote balance for the isolated margin"
-        # work on a copy; commit only if the pre-trade check passes
-        self._accrue(m)
+        # dry run on the funding index as it stands: a refused fill changes nothing at all
         saved = self._save_account(r)
+        reason = self._fill(r, p, m, e, iso, increases, out)
+        self._restore_account(r, saved)
+        if reason:
+            return reason
+        # for real: materialise funding to now (a pass over the market), then settle and fill
+        touched = self._accrue_pass(m)
+        saved = self._save_account(r)
+        reason = self._fill(r, p, m, e, iso, increases, out)
+        if reason:
+            self._restore_account(r, saved)
+        self._resync(r)
+        self._evaluate([*touched, *self._buckets_of(r)], out)
+        return reason
+
+    def _fill(
+        self, r: int, p: int, m: _Market, e: ev.TradeFilled, iso: bool, increases: bool, out: list[ev.Event]
+    ) -> str:
+        """Apply a fill to account ``r`` and run the pre-trade check; the caller restores on a reason."""
         if p < 0:
             p = self._new_pos(r, m)
         self._settle_funding(p, out, emit=False)
@@ -534,15 +564,20 @@ class Engine:
         self.pos_lev[p] = e.leverage
         self.bal[r, self.quote_c] -= e.isolated_margin_quote_q
         self.pos_iso_margin[p] += e.isolated_margin_quote_q
-        self._trade(p, e.size_delta_base_q, e.price_q, e.fee_quote_q)
+        try:
+            self._trade(p, e.size_delta_base_q, e.price_q, e.fee_quote_q)
+        except _Overflow as exc:
+            return str(exc)
         if increases:
             risk = self.iso_risk(p) if iso else self.cross_risk(r)
             im = self.position_initial(p) if iso else self.cross_initial(r)
             if risk.equity_quote_q < im:
-                self._restore_account(r, saved)
                 return f"pre-trade check: equity {risk.equity_quote_q} below initial margin {im} after the fill"
-        self._resync(r)
-        self._evaluate(self._buckets_of(r), out)
+        if e.isolated_margin_quote_q:
+            # margin moved out of the cross bucket must not leave it below its own initial margin
+            risk, im = self.cross_risk(r), self.cross_initial(r)
+            if risk.equity_quote_q < im:
+                return f"pre-trade check: cross equity {risk.equity_quote_q} below initial margin {im} after moving margin"
         return ""
 
     def _on_AccountsSeeded(self, e: ev.AccountsSeeded, out: list[ev.Event]) -> str:
@@ -610,6 +645,17 @@ class Engine:
         )
         if blocked:
             return blocked
+        # cost: a buyer pays ceil(size * price), a seller receives floor (exact Python ints)
+        costs = []
+        for sz, pr, mi in zip(size.tolist(), price.tolist(), midx.tolist(), strict=True):
+            sd = self.markets[mi].spec.size_decimals
+            costs.append(
+                margin.value_quote_q(sz, pr, sd, Rounding.CEIL)
+                if sz > 0
+                else -margin.value_quote_q(-sz, pr, sd, Rounding.FLOOR)
+            )
+        if costs and max(-min(costs), max(costs)) > lim:
+            return "a position's value would overflow"
         # --- write (rolled back below if the exact initial-margin check fails) ---
         r0, p0 = self.n_acc, self.n_pos
         while len(self.acct_id) < r0 + k:
@@ -631,15 +677,6 @@ class Engine:
         self.pos_acct[gp] = rows[pa]
         self.pos_mkt[gp] = midx
         self.pos_size[gp] = size
-        # cost: a buyer pays ceil(size * price), a seller receives floor (exact Python ints)
-        costs = []
-        for sz, pr, mi in zip(size.tolist(), price.tolist(), midx.tolist(), strict=True):
-            sd = self.markets[mi].spec.size_decimals
-            costs.append(
-                margin.value_quote_q(sz, pr, sd, Rounding.CEIL)
-                if sz > 0
-                else -margin.value_quote_q(-sz, pr, sd, Rounding.FLOOR)
-            )
         self.pos_cost[gp] = np.array(costs, dtype=np.int64)
         self.pos_iso[gp] = iso
         self.pos_iso_margin[gp] = isom
@@ -706,6 +743,13 @@ class Engine:
             if not ok:
                 self._rollback_seed(r0, p0, aid, midx, size, dep)
                 return f"account {int(aid[j])} would start below initial margin"
+        # accepted: a new position owes funding from now on, not for the time before it existed, so it
+        # starts at the index as of now; then the markets materialise funding to now (and re-screen)
+        for m in self.markets:
+            sel = midx == m.i
+            if sel.any():
+                self.pos_fidx[gp[sel]] = self._fidx_now(m)
+                flagged.extend(self._accrue_pass(m))
         self._evaluate(flagged, out)
         return ""
 
@@ -790,6 +834,9 @@ class Engine:
             cost += open_cash
             size += delta
         old_long = max(int(self.pos_size[p]), 0)
+        lim = MAX_QUANTUMS // 4
+        if abs(cost) > lim or abs(int(self.bal[r, self.quote_c]) + realized - fee_q) > lim:
+            raise _Overflow("the fill's value would overflow")
         self.pos_size[p] = size
         self.pos_cost[p] = cost if size else 0
         if size == 0:
@@ -826,11 +873,13 @@ class Engine:
         r = self.row_of.get(e.account_id)
         if r is None:
             return f"unknown account {e.account_id}"
+        touched: list[Bucket] = []
+        for m in sorted({self.markets[int(self.pos_mkt[p])] for p in self.positions_of(r)}, key=lambda m: m.i):
+            touched.extend(self._accrue_pass(m))
         for p in self.positions_of(r):
-            m = self.markets[int(self.pos_mkt[p])]
-            self._accrue(m)
             self._settle_funding(p, out)
         self._resync(r)
+        self._evaluate([*touched, *self._buckets_of(r)], out)
         return ""
 
     # --- oracles, funding, re-margining -------------------------------------------------------
@@ -907,8 +956,9 @@ class Engine:
             return f"market {e.market} computes its own funding rate"
         if isinstance(e.rate_e9, bool) or not isinstance(e.rate_e9, int) or abs(e.rate_e9) > fnd.RATE_SCALE:
             return "rate_e9 must be an integer within ±100 %"
-        self._accrue(m)
+        touched = self._accrue_pass(m)
         m.rate_e9 = fnd.clamp(e.rate_e9, -m.spec.funding.cap_e9, m.spec.funding.cap_e9)
+        self._evaluate(touched, out)
         return ""
 
     def _on_ClockAdvanced(self, e: ev.ClockAdvanced, out: list[ev.Event]) -> str:
@@ -918,8 +968,24 @@ class Engine:
                 continue
             self._accrue(m)
             touched.extend(self._remargin(m))
+        for c, spec in enumerate(self.coll):
+            if spec.yield_spec is not None:  # yield accrual (and a de-peg it causes) moves with time alone
+                touched.extend(self._remargin_collateral(c))
         self._evaluate(touched, out)
         return ""
+
+    def _fidx_now(self, m: _Market) -> int:
+        """The funding index accrued to now, without storing it (accrual with carry is exact)."""
+        if m.fidx_ts_ns is None or m.mark_q is None or self.now_ns <= m.fidx_ts_ns:
+            return m.fidx
+        inc, _ = fnd.accrue_fidx_carry(m.rate_e9, m.mark_q, self.now_ns - m.fidx_ts_ns, m.spec.funding.interval_s, m.fidx_rem)
+        return m.fidx + inc
+
+    def _accrue_pass(self, m: _Market) -> list[Bucket]:
+        """Accrue funding to now; if the index moved, re-screen the market (its health moved too)."""
+        before = m.fidx
+        self._accrue(m)
+        return self._remargin(m) if m.fidx != before else []
 
     def _accrue(self, m: _Market) -> None:
         """Accrue the market's funding index to now at the current rate and mark."""
@@ -1063,6 +1129,7 @@ class Engine:
 
     def rebuild_shadow(self) -> None:
         """Recompute every float shadow from exact state (after a snapshot restore)."""
+        self.acct_f[: self.n_acc, 3] = self.status[: self.n_acc]
         for r in range(self.n_acc):
             self._resync(r)
 
@@ -1128,7 +1195,13 @@ class Engine:
             self._set_status(b, new, h, out)
         breaches.sort(key=lambda t: (t[0], t[1], t[2], t[3].pos))
         for _h, _mm, _aid, b in breaches:
-            self._set_status(b, transition(self._status_of(b), "breach"), self.bucket_risk(b).health_quote_q, out)
+            now = self.bucket_risk(b)
+            if now.health_quote_q >= 0 or not self._has_positions(b):
+                # an earlier liquidation in this batch (an isolated bucket releasing margin) cured it
+                trig = "at_risk" if now.health_quote_q * PPM < self.cfg.at_risk_buffer_ppm * now.mm_quote_q else "ok"
+                self._set_status(b, transition(self._status_of(b), trig), now.health_quote_q, out)
+                continue
+            self._set_status(b, transition(self._status_of(b), "breach"), now.health_quote_q, out)
             self.liquidator.liquidate(self, b, out)
             r = b.row
             self._resync(r)
@@ -1279,6 +1352,10 @@ class Engine:
 
 
 _MASK128 = (1 << 128) - 1
+
+
+class _Overflow(Exception):
+    """A computed quantum would leave the int64 range: the input is refused, nothing changes."""
 
 
 def _id_digest(eid: str) -> int:

@@ -256,16 +256,38 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     if extra:
         raise ValidationError(f"{name}: unknown fields {sorted(extra)}")
     for key, f in names.items():
-        if key not in d:
-            if f.default is dataclasses.MISSING:
-                raise ValidationError(f"{name}: missing field {key!r}")
-            continue
-        v = d[key]
+        if key not in d and f.default is dataclasses.MISSING:
+            raise ValidationError(f"{name}: missing field {key!r}")
+    event = cls(**d)
+    bad = field_type_error(event)
+    if bad:
+        raise ValidationError(bad)
+    return event
+
+
+def _type_error(name: str, want: str, v: Any) -> str:
+    if want == "int":
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"{name}: expected an integer, got {v!r}"
+    elif want == "str":
+        if not isinstance(v, str):
+            return f"{name}: expected a string, got {v!r}"
+    elif want.startswith("list[") and want.endswith("]"):
+        if not isinstance(v, list):
+            return f"{name}: expected a list, got {type(v).__name__}"
+        inner = want[5:-1]
+        for i, x in enumerate(v):
+            bad = _type_error(f"{name}[{i}]", inner, x)
+            if bad:
+                return bad
+    return ""
+
+
+def field_type_error(event: Event) -> str:
+    """Empty if every field of ``event`` has its declared type (ints are never bools), else why not."""
+    for f in dataclasses.fields(event):
         want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        if want == "int" and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ValidationError(f"{name}.{key}: expected an integer, got {v!r}")
-        if want == "str" and not isinstance(v, str):
-            raise ValidationError(f"{name}.{key}: expected a string, got {v!r}")
-        if want.startswith("list") and not isinstance(v, list):
-            raise ValidationError(f"{name}.{key}: expected a list, got {type(v).__name__}")
-    return cls(**d)
+        bad = _type_error(f"{type(event).__name__}.{f.name}", want, getattr(event, f.name))
+        if bad:
+            return bad
+    return ""

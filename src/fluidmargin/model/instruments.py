@@ -101,8 +101,9 @@ class CollateralAsset:
     def __post_init__(self) -> None:
         if not 0 <= self.weight_ppm <= PPM:
             raise ValidationError(f"collateral {self.symbol}: weight_ppm must be in [0, 1e6]")
-        if not 0 <= self.decimals <= 18:
-            raise ValidationError(f"collateral {self.symbol}: decimals must be in [0, 18]")
+        if not 0 <= self.decimals <= 12:
+            # balances are int64 quantums: at 18 decimals one could hold barely 9 tokens
+            raise ValidationError(f"collateral {self.symbol}: decimals must be in [0, 12] (convert at the edge)")
 
 
 @dataclass(frozen=True, slots=True)

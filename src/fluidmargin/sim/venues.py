@@ -57,7 +57,7 @@ def perp_venue(
         coll.append(
             CollateralAsset(
                 "wstETH",
-                18,
+                9,  # gwei: int64 balances hold up to 4.6e9 tokens at this scale
                 900_000,
                 price_asset="WSTETH",
                 kind="yield",
