@@ -270,10 +270,8 @@ class Engine:
     def _time_overflow(self, ts: int) -> str:
         """Why moving the clock to ``ts`` would overflow a funding index (empty if it would not)."""
         for m in self.markets:
-            if m.fidx_ts_ns is not None and m.mark_q is not None and ts > m.fidx_ts_ns:
-                inc, _ = fnd.accrue_fidx_carry(m.rate_e9, m.mark_q, ts - m.fidx_ts_ns, m.spec.funding.interval_s, m.fidx_rem)
-                if abs(m.fidx + inc) > MAX_QUANTUMS // 4:
-                    return f"time jump to {ts} would overflow the funding index of {m.spec.symbol}"
+            if abs(self._fidx_at(m, ts)) > MAX_QUANTUMS // 4:
+                return f"time jump to {ts} would overflow the funding index of {m.spec.symbol}"
         return ""
 
     def apply_all(self, events: Iterable[ev.Event]) -> list[tuple[int, ev.Event]]:
@@ -577,7 +575,7 @@ class Engine:
             # margin moved out of the cross bucket must not leave it below its own initial margin
             risk, im = self.cross_risk(r), self.cross_initial(r)
             if risk.equity_quote_q < im:
-                return f"pre-trade check: cross equity {risk.equity_quote_q} below initial margin {im} after moving margin"
+                return f"pre-trade check: cross equity {risk.equity_quote_q} below initial margin {im} after the move"
         return ""
 
     def _on_AccountsSeeded(self, e: ev.AccountsSeeded, out: list[ev.Event]) -> str:
@@ -975,10 +973,14 @@ class Engine:
         return ""
 
     def _fidx_now(self, m: _Market) -> int:
-        """The funding index accrued to now, without storing it (accrual with carry is exact)."""
-        if m.fidx_ts_ns is None or m.mark_q is None or self.now_ns <= m.fidx_ts_ns:
+        return self._fidx_at(m, self.now_ns)
+
+    def _fidx_at(self, m: _Market, ts: int) -> int:
+        """The funding index accrued to ``ts``, without storing it (accrual with carry is exact)."""
+        if m.fidx_ts_ns is None or m.mark_q is None or ts <= m.fidx_ts_ns:
             return m.fidx
-        inc, _ = fnd.accrue_fidx_carry(m.rate_e9, m.mark_q, self.now_ns - m.fidx_ts_ns, m.spec.funding.interval_s, m.fidx_rem)
+        dt = ts - m.fidx_ts_ns
+        inc, _ = fnd.accrue_fidx_carry(m.rate_e9, m.mark_q, dt, m.spec.funding.interval_s, m.fidx_rem)
         return m.fidx + inc
 
     def _accrue_pass(self, m: _Market) -> list[Bucket]:
