@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,19 +66,8 @@ def _same_stream(runner: Any, events: Iterator[ev.Event], n: int = 2) -> None:
             )
 
 
-def _passive_omp() -> None:
-    """Let idle OpenMP workers sleep rather than spin (unless the user chose otherwise).
-
-    The engine's parallel numba screen runs on OpenMP; spinning workers starve the Python thread when
-    the machine is busy. Measured on a loaded 2-core box, default demo: 70 s spinning, 5 s passive
-    (same state hash). Must run before the first parallel kernel call starts the OpenMP runtime.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def execute(scenario: Scenario, log: Path | None, quiet: bool, fresh_log: bool = False) -> report.RunResult:
     """Run a scenario on a bare engine, or durably through the store's Runner when ``log`` is given."""
-    _passive_omp()
     step = report.sample_step_ns(scenario.span_ns, scenario.step_ns)
     total = scenario.count()
     runner = None

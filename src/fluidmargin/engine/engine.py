@@ -11,7 +11,7 @@ exposed bucket: the twin the property tests compare against (same events, same s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +154,8 @@ class Engine:
         self.n_pos = 0
         self._alloc_positions(capacity)
         self.non_healthy: set[Bucket] = set()
+        # called once breaches are confirmed, before they are executed; for instrumentation only
+        self.decision_hook: Callable[[], None] | None = None
 
     # --- storage --------------------------------------------------------------------------------
 
@@ -1196,6 +1198,8 @@ class Engine:
             new = transition(st, trig)
             self._set_status(b, new, h, out)
         breaches.sort(key=lambda t: (t[0], t[1], t[2], t[3].pos))
+        if self.decision_hook is not None:
+            self.decision_hook()  # breaches found and confirmed; execution follows (benchmarks time this)
         for _h, _mm, _aid, b in breaches:
             now = self.bucket_risk(b)
             if now.health_quote_q >= 0 or not self._has_positions(b):

@@ -187,18 +187,14 @@ _parallel = njit(cache=True, parallel=True, error_model="numpy")(_remargin_body)
 # Below this many positions one thread wins: waking a second one costs more than it saves, and on a
 # loaded machine a spinning pool is far slower (seen: 35x on a busy 2-core box).
 PARALLEL_MIN_POSITIONS = 100_000
-_threads_set = False
 
 
 def remargin_market(idx, *args):
-    """Screen one market's positions (see :func:`_remargin_body`), in parallel for large markets."""
-    global _threads_set
-    if len(idx) >= PARALLEL_MIN_POSITIONS and available_cores() > 1:
-        if not _threads_set:
-            import numba
+    """Screen one market's positions (see :func:`_remargin_body`), in parallel for large markets.
 
-            numba.set_num_threads(min(available_cores(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-            _threads_set = True
+    The pool size and wait policy are set in ``fluidmargin/__init__`` before numba loads.
+    """
+    if len(idx) >= PARALLEL_MIN_POSITIONS and available_cores() > 1:
         return _parallel(idx, *args)
     return _serial(idx, *args)
 
