@@ -66,7 +66,25 @@ def _same_stream(runner: Any, events: Iterator[ev.Event], n: int = 2) -> None:
             )
 
 
-def execute(scenario: Scenario, log: Path | None, quiet: bool, fresh_log: bool = False) -> report.RunResult:
+class _Acking:
+    """Wraps the Runner: prints ``ACK <seq>`` on stdout each time a group commit makes records durable."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.engine = runner.engine
+        self.acked = runner.durable_seq
+
+    def submit(self, event: Any) -> Any:
+        recs = self.runner.submit(event)
+        if self.runner.durable_seq != self.acked:
+            self.acked = self.runner.durable_seq
+            print(f"ACK {self.acked}", flush=True)
+        return recs
+
+
+def execute(
+    scenario: Scenario, log: Path | None, quiet: bool, fresh_log: bool = False, ack: bool = False
+) -> report.RunResult:
     """Run a scenario on a bare engine, or durably through the store's Runner when ``log`` is given."""
     step = report.sample_step_ns(scenario.span_ns, scenario.step_ns)
     total = scenario.count()
@@ -92,7 +110,7 @@ def execute(scenario: Scenario, log: Path | None, quiet: bool, fresh_log: bool =
         except BaseException:
             runner.close()
             raise
-        target: report.Target = runner
+        target: report.Target = _Acking(runner) if ack else runner
     else:
         target = report.EngineTarget(Engine(scenario.config))
     try:
@@ -197,6 +215,7 @@ def replay(
         int, typer.Option(help="oracle: largest accepted move vs the last price")
     ] = 250_000,
     insurance_usd: Annotated[int, typer.Option(min=0, help="insurance fund seed")] = 1_000_000,
+    ack: Annotated[bool, typer.Option("--ack", help="with --log: print ACK <seq> after each durable commit")] = False,
 ) -> None:
     """Replay candles against a seeded population: liquidations, insurance fund, margin over time."""
     if preset not in PRESETS:
@@ -220,7 +239,7 @@ def replay(
             path=path,
             name="replay " + ",".join(candles),
         )
-        result = execute(scenario, log, quiet=as_json)
+        result = execute(scenario, log, quiet=as_json or ack, ack=ack)
     except FluidMarginError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
