@@ -127,7 +127,7 @@ class Freshness:
 
 
 def check_screen(eng: Engine, fresh: Freshness, e: ev.Event) -> None:
-    buffer = eng.cfg.at_risk_buffer_ppm
+    enter, leave = eng.cfg.at_risk_buffer_ppm, eng.cfg.at_risk_exit_ppm
     # (a) cross: |float health - exact health| <= the float error bound
     for r in range(eng.n_acc):
         if not fresh.current(eng, r):
@@ -147,14 +147,18 @@ def check_screen(eng: Engine, fresh: Freshness, e: ev.Event) -> None:
             bound = float(eng.pos_e[b.pos]) + 2 * U * (abs(hf) + abs(im)) + 1e-6
             assert abs(hf - h) <= bound, f"isolated position {b.pos}: float {hf} vs exact {h}, bound {bound}"
         # (c) screening never misses: no bucket is left in breach while the oracle allows liquidating,
-        #     and every status matches its exact class
+        #     and every status matches its exact class (with the band: enter below `enter`, leave at `leave`)
         blocked = eng._oracle_blocked(eng._bucket_assets(b), orc.Action.LIQUIDATE)
         assert not (h < 0 and not blocked), f"missed breach: {b} health {h} after {e!r}"
         status = eng._status_of(b)
         if status == BANKRUPT or h < 0:
             continue
-        want = AT_RISK if h * PPM < buffer * risk.mm_quote_q else HEALTHY
-        assert status == want, f"{b}: status {status}, exact class {want} (health {h}) after {e!r}"
+        if h * PPM < enter * risk.mm_quote_q:
+            assert status == AT_RISK, f"{b}: status {status} but health {h} is below the at-risk band after {e!r}"
+        elif h * PPM >= leave * risk.mm_quote_q:
+            assert status == HEALTHY, f"{b}: status {status} but health {h} is above the band after {e!r}"
+        else:
+            assert status in (HEALTHY, AT_RISK), f"{b}: status {status} inside the band after {e!r}"
 
 
 @SETTINGS

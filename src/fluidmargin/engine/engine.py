@@ -30,7 +30,7 @@ from fluidmargin.core.units import (
     div_round,
 )
 from fluidmargin.engine import liquidation as liq
-from fluidmargin.engine.state import BANKRUPT, HEALTHY, LIQUIDATING, STATUS_NAMES, transition
+from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATING, STATUS_NAMES, transition
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.instruments import CollateralAsset, PerpetualMarket
@@ -1035,7 +1035,13 @@ class Engine:
     def _screen(self, idx: np.ndarray, m: _Market) -> list[Bucket]:
         flag = np.empty(len(idx), dtype=np.uint8)
         kernels.remargin_market(
-            idx, *self._kernel_args(m), self.acct_f, self.cfg.at_risk_buffer_ppm / PPM, self.pos_status, flag
+            idx,
+            *self._kernel_args(m),
+            self.acct_f,
+            self.cfg.at_risk_buffer_ppm / PPM,
+            self.cfg.at_risk_exit_ppm / PPM,
+            self.pos_status,
+            flag,
         )
         out = []
         for p in idx[np.flatnonzero(flag)].tolist():
@@ -1061,11 +1067,19 @@ class Engine:
     def _exact_may_change(self, b: Bucket) -> bool:
         """Reference twin of the kernel's flag: breached, or the exact class differs from the status."""
         risk = self.bucket_risk(b)
-        h = risk.health_quote_q
-        if h < 0:
+        if risk.health_quote_q < 0:
             return True
-        at_risk = h * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q
-        return self._status_of(b) != (1 if at_risk else 0)
+        st = self._status_of(b)
+        if st not in (HEALTHY, AT_RISK):
+            return True
+        return transition(st, self._band_trigger(st, risk)) != st
+
+    def _band_trigger(self, st: int, risk: BucketRisk) -> str:
+        """'at_risk' or 'ok' for a bucket not in breach, with the band: enter below b_in, leave at b_out."""
+        h, mm = risk.health_quote_q, risk.mm_quote_q
+        if st == AT_RISK:
+            return "ok" if h * PPM >= self.cfg.at_risk_exit_ppm * mm else "at_risk"
+        return "at_risk" if h * PPM < self.cfg.at_risk_buffer_ppm * mm else "ok"
 
     def _remargin_collateral(self, c: int) -> list[Bucket]:
         rows = np.flatnonzero(self.bal[: self.n_acc, c])
@@ -1087,6 +1101,7 @@ class Engine:
                 float(self.acct_err[r]),
                 float(self.acct_mm[r]),
                 self.cfg.at_risk_buffer_ppm / PPM,
+                self.cfg.at_risk_exit_ppm / PPM,
                 int(self.status[r]),
             )
         )
@@ -1188,11 +1203,7 @@ class Engine:
             ):
                 breaches.append((h, -risk.mm_quote_q, int(self.acct_id[b.row]), b))
                 continue
-            trig = (
-                "breach_blocked"
-                if h < 0 and self._has_positions(b)
-                else ("at_risk" if h * PPM < self.cfg.at_risk_buffer_ppm * risk.mm_quote_q else "ok")
-            )
+            trig = "breach_blocked" if h < 0 and self._has_positions(b) else self._band_trigger(st, risk)
             if st == BANKRUPT and trig == "ok" and risk.equity_quote_q <= 0:
                 continue
             new = transition(st, trig)
@@ -1204,7 +1215,7 @@ class Engine:
             now = self.bucket_risk(b)
             if now.health_quote_q >= 0 or not self._has_positions(b):
                 # an earlier liquidation in this batch (an isolated bucket releasing margin) cured it
-                trig = "at_risk" if now.health_quote_q * PPM < self.cfg.at_risk_buffer_ppm * now.mm_quote_q else "ok"
+                trig = self._band_trigger(self._status_of(b), now)
                 self._set_status(b, transition(self._status_of(b), trig), now.health_quote_q, out)
                 continue
             self._set_status(b, transition(self._status_of(b), "breach"), now.health_quote_q, out)

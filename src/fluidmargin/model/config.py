@@ -27,7 +27,8 @@ class EngineConfig:
     markets: tuple[PerpetualMarket, ...] = ()
     oracle: tuple[tuple[str, OraclePolicy], ...] = ()  # per asset; missing assets use the default
     default_oracle: OraclePolicy = field(default_factory=OraclePolicy)
-    at_risk_buffer_ppm: int = 200_000  # "at risk" when health < 20 % of maintenance
+    at_risk_buffer_ppm: int = 200_000  # "at risk" when health < 20 % of maintenance ...
+    at_risk_exit_ppm: int = 300_000  # ... and healthy again only at 30 %: a band so statuses do not flap
     insurance_fund_quote_q: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +40,8 @@ class EngineConfig:
         msyms = [m.symbol for m in self.markets]
         if len(set(msyms)) != len(msyms):
             raise ValidationError("duplicate market symbols")
+        if not 0 <= self.at_risk_buffer_ppm <= self.at_risk_exit_ppm:
+            raise ValidationError("need 0 <= at_risk_buffer_ppm <= at_risk_exit_ppm")
         for m in self.markets:
             if m.margin.mm_on_entry:
                 raise ValidationError(f"market {m.symbol}: entry-notional maintenance is for quotes only")
@@ -75,6 +78,7 @@ class EngineConfig:
                 oracle=tuple((a, OraclePolicy(**p)) for a, p in d.get("oracle", ())),
                 default_oracle=OraclePolicy(**d.get("default_oracle", {})),
                 at_risk_buffer_ppm=d.get("at_risk_buffer_ppm", 200_000),
+                at_risk_exit_ppm=d.get("at_risk_exit_ppm", 300_000),
                 insurance_fund_quote_q=d.get("insurance_fund_quote_q", 0),
             )
         except (KeyError, TypeError) as e:

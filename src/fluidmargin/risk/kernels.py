@@ -72,19 +72,19 @@ def contribution_py(
     return c, err, mm
 
 
-def may_change_py(h: float, eb: float, mm: float, buffer_frac: float, status: int) -> bool:
+def may_change_py(h: float, eb: float, mm: float, b_in: float, b_out: float, status: int) -> bool:
     """Whether a bucket with float health ``h`` (error <= ``eb``) may need a status change.
 
-    Status 0 healthy, 1 at risk (engine.state). Certainly healthy: h - eb >= b (mm + eb).
-    Certainly at risk and not breached: h - eb >= 0 and h + eb < b (mm - eb). Anything else,
-    including a possible breach (h - eb < 0), is flagged for the exact check.
+    Statuses (engine.state): 0 healthy, 1 at risk. A healthy bucket becomes at risk when its exact
+    health H < b_in * MM; an at-risk one is healthy again when H >= b_out * MM (b_out >= b_in: a band
+    against flapping). Flag when a breach is possible (h - eb < 0) or the status could change.
     """
     if h - eb < 0.0:
         return True
-    if h - eb >= buffer_frac * (mm + eb):
-        return status != 0
-    if h + eb < buffer_frac * (mm - eb):
-        return status != 1
+    if status == 0:
+        return h - eb < b_in * (mm + eb)
+    if status == 1:
+        return h + eb >= b_out * max(mm - eb, 0.0)
     return True
 
 
@@ -110,7 +110,8 @@ def _remargin_body(
     drift_imf,
     drift_k,
     acct_f,
-    buffer_frac,
+    b_in,
+    b_out,
     pos_status,
     flag,
 ):
@@ -174,10 +175,10 @@ def _remargin_body(
             st = acct_f[a, 3]
         if h - eb < 0.0:
             flag[t] = 1
-        elif h - eb >= buffer_frac * (mm + eb):
-            flag[t] = 1 if st != 0 else 0
-        elif h + eb < buffer_frac * (mm - eb):
-            flag[t] = 1 if st != 1 else 0
+        elif st == 0:
+            flag[t] = 1 if h - eb < b_in * (mm + eb) else 0
+        elif st == 1:
+            flag[t] = 1 if h + eb >= b_out * max(mm - eb, 0.0) else 0
         else:
             flag[t] = 1
 
