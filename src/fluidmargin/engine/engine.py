@@ -309,16 +309,21 @@ class Engine:
             return f"amount {amount} is too large (would overflow)"
         return ""
 
-    def _on_Deposited(self, e: ev.Deposited, out: list[ev.Event]) -> str:
-        r = self.row_of.get(e.account_id)
+    def _transfer_target(self, account_id: int, asset: str, amount_q: int) -> tuple[int, int] | str:
+        """(row, collateral index) of a deposit or withdrawal, or why it is refused."""
+        r = self.row_of.get(account_id)
         if r is None:
-            return f"unknown account {e.account_id}"
-        c = self.coll_idx.get(e.asset)
+            return f"unknown account {account_id}"
+        c = self.coll_idx.get(asset)
         if c is None:
-            return f"unknown collateral asset {e.asset!r}"
-        bad = self._check_amount(e.amount_q)
-        if bad:
-            return bad
+            return f"unknown collateral asset {asset!r}"
+        return self._check_amount(amount_q) or (r, c)
+
+    def _on_Deposited(self, e: ev.Deposited, out: list[ev.Event]) -> str:
+        target = self._transfer_target(e.account_id, e.asset, e.amount_q)
+        if isinstance(target, str):
+            return target
+        r, c = target
         new = int(self.bal[r, c]) + e.amount_q
         if new > MAX_QUANTUMS // 4:
             return "balance would overflow"
@@ -329,15 +334,10 @@ class Engine:
         return ""
 
     def _on_WithdrawalRequested(self, e: ev.WithdrawalRequested, out: list[ev.Event]) -> str:
-        r = self.row_of.get(e.account_id)
-        if r is None:
-            return f"unknown account {e.account_id}"
-        c = self.coll_idx.get(e.asset)
-        if c is None:
-            return f"unknown collateral asset {e.asset!r}"
-        bad = self._check_amount(e.amount_q)
-        if bad:
-            return bad
+        target = self._transfer_target(e.account_id, e.asset, e.amount_q)
+        if isinstance(target, str):
+            return target
+        r, c = target
         if int(self.bal[r, c]) < e.amount_q:
             return f"insufficient {e.asset} balance"
         if self.status[r] not in (HEALTHY,):
