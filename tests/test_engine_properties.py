@@ -133,7 +133,8 @@ def check_screen(eng: Engine, fresh: Freshness, e: ev.Event) -> None:
         if not fresh.current(eng, r):
             continue
         exact = eng.cross_risk(r).health_quote_q
-        h, err = float(eng.acct_h[r]), float(eng.acct_err[r])
+        # the bound, plus the budgets the account's positions hold (moves not yet applied, see risk.kernels)
+        h, err = float(eng.acct_h[r]), float(eng.acct_err[r]) + float(eng.acct_f[r, 4])
         assert abs(h - exact) <= err, f"account row {r}: float {h} vs exact {exact}, bound {err} after {e!r}"
     for b in open_buckets(eng):
         if not fresh.current(eng, b.row):
@@ -144,7 +145,7 @@ def check_screen(eng: Engine, fresh: Freshness, e: ev.Event) -> None:
         if b.pos >= 0:
             im = float(eng.pos_iso_margin[b.pos])
             hf = im + float(eng.pos_c[b.pos])
-            bound = float(eng.pos_e[b.pos]) + 2 * U * (abs(hf) + abs(im)) + 1e-6
+            bound = float(eng.pos_e[b.pos]) + 2 * U * (abs(hf) + abs(im)) + 1e-6 + float(eng.pos_budget[b.pos])
             assert abs(hf - h) <= bound, f"isolated position {b.pos}: float {hf} vs exact {h}, bound {bound}"
         # (c) screening never misses: no bucket is left in breach while the oracle allows liquidating,
         #     and every status matches its exact class (with the band: enter below `enter`, leave at `leave`)

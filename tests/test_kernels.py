@@ -53,7 +53,7 @@ def test_kernel_matches_twin_and_bounds_exact(model_name, positions):
     pos_c = np.zeros(n)
     pos_e = np.zeros(n)
     pos_mm = np.zeros(n)
-    acct_f = np.zeros((n, 4))
+    acct_f = np.zeros((n, 8))
     flag = np.zeros(n, dtype=np.uint8)
     drift_imf = float(model.sqrt_imf_factor_ppm)
     kernels.remargin_market(
@@ -67,6 +67,7 @@ def test_kernel_matches_twin_and_bounds_exact(model_name, positions):
         pos_c,
         pos_e,
         pos_mm,
+        np.zeros(n),
         fnow,
         float(mark),
         kv,

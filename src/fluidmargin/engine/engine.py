@@ -165,8 +165,9 @@ class Engine:
         self.bal = np.zeros((cap, nc), dtype=np.int64)
         self.status = np.zeros(cap, dtype=np.int8)
         self.first_pos = np.full(cap, -1, dtype=np.int64)
-        # float shadow, one cache line per account: health, maintenance, error bound, status
-        self.acct_f = np.zeros((cap, 4), dtype=np.float64)
+        # float shadow, one cache line per account: health, maintenance, error bound, status mirror,
+        # budgets its positions hold (see risk.kernels), cross positions, 2 spare
+        self.acct_f = np.zeros((cap, 8), dtype=np.float64)
         self.coll_f = np.zeros((cap, nc), dtype=np.float64)
         self._views()
 
@@ -200,6 +201,7 @@ class Engine:
         ("pos_c", np.float64),
         ("pos_e", np.float64),
         ("pos_mm", np.float64),
+        ("pos_budget", np.float64),
     )
     _EXACT_POS = (
         "pos_acct",
@@ -705,7 +707,9 @@ class Engine:
         self.acct_mm[r0 : r0 + k] = 0.0
         self.acct_err[r0 : r0 + k] = kernels.U * np.abs(self.acct_h[r0 : r0 + k]) * 4
         self.acct_f[r0 : r0 + k, 3] = 0.0
-        self.pos_c[gp] = self.pos_e[gp] = self.pos_mm[gp] = 0.0
+        self.acct_f[r0 : r0 + k, 4] = 0.0
+        self.acct_f[r0 : r0 + k, 5] = np.bincount(pa[iso == 0], minlength=k) if npos else 0.0
+        self.pos_c[gp] = self.pos_e[gp] = self.pos_mm[gp] = self.pos_budget[gp] = 0.0
         flagged: list[Bucket] = []
         im_f = np.zeros(k, dtype=np.float64)
         exact_rows: set[int] = set()
@@ -1013,6 +1017,7 @@ class Engine:
             self.pos_c,
             self.pos_e,
             self.pos_mm,
+            self.pos_budget,
             m.fidx,
             float(m.mark_q or 0),
             m.kv,
@@ -1116,8 +1121,10 @@ class Engine:
             h += v
             err += kernels.U * abs(v) * 2
         mm = 0.0
+        npos = 0
         for p in self.positions_of(r):
             m = self.markets[int(self.pos_mkt[p])]
+            self.pos_budget[p] = 0.0  # every position holds no budget until it is next applied
             if self.pos_size[p] == 0 or m.mark_q is None:
                 self.pos_c[p] = self.pos_e[p] = self.pos_mm[p] = 0.0
                 continue
@@ -1141,10 +1148,13 @@ class Engine:
                 h += c_
                 err += e_
                 mm += mm_
+                npos += 1
         n = len(self.positions_of(r)) + len(self.coll) + 2
         self.acct_h[r] = h
         self.acct_mm[r] = mm
         self.acct_err[r] = err + n * kernels.U * (abs(h) + abs(mm)) * 2
+        self.acct_f[r, 4] = 0.0
+        self.acct_f[r, 5] = npos
 
     def rebuild_shadow(self) -> None:
         """Recompute every float shadow from exact state (after a snapshot restore)."""
@@ -1187,9 +1197,11 @@ class Engine:
 
         Breaches are handled worst first, then larger maintenance first, then account id.
         """
-        cands = set(flagged)
+        cands = sorted(set(flagged), key=lambda b: (b.row, b.pos))
+        for r in sorted({b.row for b in cands}):
+            self._resync(r)  # its class was in doubt: no position may keep an unapplied budget
         breaches = []
-        for b in sorted(cands, key=lambda b: (b.row, b.pos)):
+        for b in cands:
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
                 self.non_healthy.discard(b)
                 continue

@@ -99,6 +99,7 @@ def _remargin_body(
     pos_c,
     pos_e,
     pos_mm,
+    pos_budget,
     fidx_now,
     mark_f,
     kv,
@@ -117,10 +118,16 @@ def _remargin_body(
 ):
     """Update every position of one market (``idx``) at a new mark / funding index, in parallel.
 
-    Cross positions move their account's float health (``acct_f[a] = h, mm, err, status``) by
-    (new - old) contribution; isolated ones are their own bucket. Positions of one market belong
-    to distinct accounts, so iterations never write the same row. ``flag[t] = 1`` where the
-    bucket's status may change (see :func:`may_change_py`).
+    ``acct_f[a] = h, mm, err, status, outstanding, npos, -, -`` (one cache line). A cross position
+    moves its account's float health by (new - applied) contribution; an isolated one is its own
+    bucket. Positions of one market belong to distinct accounts, so iterations never write the same
+    row. ``flag[t] = 1`` where the bucket's status may change (see :func:`may_change_py`).
+
+    Budgets: a position whose contribution, maintenance and error bound together moved by no more
+    than ``pos_budget`` since they were last applied leaves its account untouched. When a position
+    is applied it gets a new budget, a share of the account's distance to its nearest status
+    boundary net of the budgets its other positions still hold (``outstanding``), so the
+    unapplied moves of all positions can never carry the account across a boundary unseen.
     """
     nb = floors.shape[0]
     for t in prange(idx.shape[0]):
@@ -152,6 +159,9 @@ def _remargin_body(
         cost = float(pos_cost[p])
         c = value - cost - fund - mm
         e = REL * (notional + abs(cost) + abs(fund) + mm) + slack
+        move = abs(c - pos_c[p]) + abs(mm - pos_mm[p]) + abs(e - pos_e[p])
+        if move <= pos_budget[p]:
+            continue
         if pos_iso[p]:
             pos_c[p] = c
             pos_e[p] = e
@@ -160,6 +170,8 @@ def _remargin_body(
             h = im + c
             eb = e + U * (abs(h) + abs(im))
             st = pos_status[p]
+            others = 0.0
+            npos = 1.0
         else:
             a = pos_acct[p]
             h = acct_f[a, 0] + (c - pos_c[p])
@@ -173,14 +185,32 @@ def _remargin_body(
             pos_mm[p] = mm
             mm = m
             st = acct_f[a, 3]
-        if h - eb < 0.0:
+            others = acct_f[a, 4] - pos_budget[p]
+            if others < 0.0:
+                others = 0.0
+            npos = max(acct_f[a, 5], 1.0)
+        # the other positions' unapplied moves shift health, maintenance and the bound by (1 + b_out) x theirs
+        ebo = eb + (1.0 + b_out) * others
+        budget = 0.0
+        if h - ebo < 0.0:
             flag[t] = 1
         elif st == 0:
-            flag[t] = 1 if h - eb < b_in * (mm + eb) else 0
+            room = (h - ebo) - b_in * (mm + ebo)
+            if room < 0.0:
+                flag[t] = 1
+            else:
+                budget = room / ((1.0 + b_out) * 2.0 * npos)
         elif st == 1:
-            flag[t] = 1 if h + eb >= b_out * max(mm - eb, 0.0) else 0
+            room = min(h - ebo, b_out * (mm - ebo) - (h + ebo))
+            if room <= 0.0:
+                flag[t] = 1
+            else:
+                budget = room / ((1.0 + b_out) * 2.0 * npos)
         else:
             flag[t] = 1
+        pos_budget[p] = budget
+        if not pos_iso[p]:
+            acct_f[pos_acct[p], 4] = others + budget
 
 
 _serial = njit(cache=True, error_model="numpy")(_remargin_body)
