@@ -68,6 +68,7 @@ def test_kernel_matches_twin_and_bounds_exact(model_name, positions):
         pos_e,
         pos_mm,
         np.zeros(n),
+        np.zeros((n, 4)),
         fnow,
         float(mark),
         kv,

@@ -219,6 +219,8 @@ class Engine:
     def _alloc_positions(self, cap: int) -> None:
         for name, dt in self._POS_FIELDS:
             setattr(self, name, np.zeros(cap, dtype=dt))
+        # price and funding-index band inside which a position's move stays within its budget
+        self.pos_band = np.zeros((cap, 4), dtype=np.float64)
 
     def _grow_positions(self) -> None:
         cap = len(self.pos_acct) * 2
@@ -227,6 +229,9 @@ class Engine:
             new = np.zeros(cap, dtype=dt)
             new[: len(old)] = old
             setattr(self, name, new)
+        band = np.zeros((cap, 4), dtype=np.float64)
+        band[: len(self.pos_band)] = self.pos_band
+        self.pos_band = band
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -710,6 +715,7 @@ class Engine:
         self.acct_f[r0 : r0 + k, 4] = 0.0
         self.acct_f[r0 : r0 + k, 5] = np.bincount(pa[iso == 0], minlength=k) if npos else 0.0
         self.pos_c[gp] = self.pos_e[gp] = self.pos_mm[gp] = self.pos_budget[gp] = 0.0
+        self.pos_band[gp] = (1.0, 0.0, 0.0, 0.0)
         flagged: list[Bucket] = []
         im_f = np.zeros(k, dtype=np.float64)
         exact_rows: set[int] = set()
@@ -1018,6 +1024,7 @@ class Engine:
             self.pos_e,
             self.pos_mm,
             self.pos_budget,
+            self.pos_band,
             m.fidx,
             float(m.mark_q or 0),
             m.kv,
@@ -1125,6 +1132,7 @@ class Engine:
         for p in self.positions_of(r):
             m = self.markets[int(self.pos_mkt[p])]
             self.pos_budget[p] = 0.0  # every position holds no budget until it is next applied
+            self.pos_band[p] = (1.0, 0.0, 0.0, 0.0)  # an empty band: the kernel applies it next time
             if self.pos_size[p] == 0 or m.mark_q is None:
                 self.pos_c[p] = self.pos_e[p] = self.pos_mm[p] = 0.0
                 continue

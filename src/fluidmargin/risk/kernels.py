@@ -100,6 +100,7 @@ def _remargin_body(
     pos_e,
     pos_mm,
     pos_budget,
+    pos_band,
     fidx_now,
     mark_f,
     kv,
@@ -130,10 +131,17 @@ def _remargin_body(
     unapplied moves of all positions can never carry the account across a boundary unseen.
     """
     nb = floors.shape[0]
+    fidx_f = float(fidx_now)
+    r_max = 0.0
+    for j in range(nb):
+        r_max = max(r_max, rates[j])
     for t in prange(idx.shape[0]):
         p = idx[t]
-        size = pos_size[p]
         flag[t] = 0
+        # inside its band (mark and funding index) the position's move is within its budget
+        if pos_band[p, 0] <= mark_f <= pos_band[p, 1] and pos_band[p, 2] <= fidx_f <= pos_band[p, 3]:
+            continue
+        size = pos_size[p]
         if size == 0:
             continue
         s = float(size)
@@ -159,9 +167,8 @@ def _remargin_body(
         cost = float(pos_cost[p])
         c = value - cost - fund - mm
         e = REL * (notional + abs(cost) + abs(fund) + mm) + slack
-        move = abs(c - pos_c[p]) + abs(mm - pos_mm[p]) + abs(e - pos_e[p])
-        if move <= pos_budget[p]:
-            continue
+        if abs(c - pos_c[p]) + abs(mm - pos_mm[p]) + abs(e - pos_e[p]) <= pos_budget[p]:
+            continue  # outside the (linearised) band, but the actual move is still within budget
         if pos_iso[p]:
             pos_c[p] = c
             pos_e[p] = e
@@ -211,6 +218,25 @@ def _remargin_body(
         pos_budget[p] = budget
         if not pos_iso[p]:
             acct_f[pos_acct[p], 4] = others + budget
+        # the band where |d contribution| + |d mm| + |d error bound| <= budget: 90 % for the mark, 10 %
+        # for the funding index (the mm slope is at most the largest rate, or the sqrt premium)
+        ratio = r_max
+        if notional > 0.0 and mm / notional > ratio:
+            ratio = mm / notional
+        sens_p = abs(s) * kv * (1.0 + 2.0 * ratio) * (1.0 + 1e-5) + (2e-6 * abs(s) * kv if drift_imf > 0.0 else 0.0)
+        sens_f = abs(s) * kf * (1.0 + 1e-5)
+        part = budget - 4.0 * disc_q
+        if part > 0.0 and sens_p > 0.0 and sens_f > 0.0:
+            dp = 0.9 * part / sens_p * (1.0 - 1e-9)  # most of it for the mark: funding moves slowly
+            df = 0.1 * part / sens_f * (1.0 - 1e-9)
+            pos_band[p, 0] = mark_f - dp
+            pos_band[p, 1] = mark_f + dp
+            # shrunk by the rounding of the index to float (the kernel's own funding term is exact)
+            pos_band[p, 2] = fidx_f - df + abs(fidx_f) * 4.0 * U
+            pos_band[p, 3] = fidx_f + df - abs(fidx_f) * 4.0 * U
+        else:
+            pos_band[p, 0] = 1.0
+            pos_band[p, 1] = 0.0
 
 
 _serial = njit(cache=True, error_model="numpy")(_remargin_body)
