@@ -94,6 +94,10 @@ class _Market:
         self.kv = 10.0 ** (-shift)
         self.kf = QUOTE_SCALE / (10.0**spec.size_decimals * FUNDING_SCALE)
 
+    def consts(self) -> tuple[Any, ...]:
+        """The market's screen constants, in the kernel's argument order (kv .. drift_k)."""
+        return (self.kv, self.kf, self.floors, self.rates, self.cums, self.disc_q, self.drift_imf, self.drift_k)
+
     def column(self) -> np.ndarray:
         if self.pending:
             self.col = np.concatenate([self.col, np.array(self.pending, dtype=np.int64)])
@@ -1027,14 +1031,7 @@ class Engine:
             self.pos_band,
             m.fidx,
             float(m.mark_q or 0),
-            m.kv,
-            m.kf,
-            m.floors,
-            m.rates,
-            m.cums,
-            m.disc_q,
-            m.drift_imf,
-            m.drift_k,
+            *m.consts(),
         )
 
     def _remargin(self, m: _Market) -> list[Bucket]:
@@ -1142,14 +1139,7 @@ class Engine:
                 m.fidx,
                 int(self.pos_fidx[p]),
                 float(m.mark_q),
-                m.kv,
-                m.kf,
-                m.floors,
-                m.rates,
-                m.cums,
-                m.disc_q,
-                m.drift_imf,
-                m.drift_k,
+                *m.consts(),
             )
             self.pos_c[p], self.pos_e[p], self.pos_mm[p] = c_, e_, mm_
             if not self.pos_iso[p]:
