@@ -1196,8 +1196,6 @@ class Engine:
         Breaches are handled worst first, then larger maintenance first, then account id.
         """
         cands = sorted(set(flagged), key=lambda b: (b.row, b.pos))
-        for r in sorted({b.row for b in cands}):
-            self._resync(r)  # its class was in doubt: no position may keep an unapplied budget
         breaches = []
         for b in cands:
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
@@ -1221,12 +1219,16 @@ class Engine:
         breaches.sort(key=lambda t: (t[0], t[1], t[2], t[3].pos))
         if self.decision_hook is not None:
             self.decision_hook()  # breaches found and confirmed; execution follows (benchmarks time this)
+        breached = {t[3].row for t in breaches}
+        for r in sorted({b.row for b in cands} - breached):
+            self._resync(r)  # its class was in doubt: no position may keep an unapplied budget
         for _h, _mm, _aid, b in breaches:
             now = self.bucket_risk(b)
             if now.health_quote_q >= 0 or not self._has_positions(b):
                 # an earlier liquidation in this batch (an isolated bucket releasing margin) cured it
                 trig = self._band_trigger(self._status_of(b), now)
                 self._set_status(b, transition(self._status_of(b), trig), now.health_quote_q, out)
+                self._resync(b.row)
                 continue
             self._set_status(b, transition(self._status_of(b), "breach"), now.health_quote_q, out)
             self.liquidator.liquidate(self, b, out)
