@@ -75,9 +75,12 @@ def notional_quote_q(size_base_q: int, price_price_q: int, size_decimals: int, r
     return size_base_q * price_price_q * pow10(-shift)
 
 
+_POW10 = tuple(10**i for i in range(64))
+
+
 def pow10(n: int) -> int:
-    """10**n for n >= 0, typed as an int."""
-    return int(10**n)
+    """10**n for n >= 0, typed as an int (a table lookup for the common exponents)."""
+    return _POW10[n] if n < 64 else int(10**n)
 
 
 def check_bounds(name: str, value: int, *, lo: int = -MAX_QUANTUMS, hi: int = MAX_QUANTUMS) -> int:
