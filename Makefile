@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/mypy src/fluidmargin/core src/fluidmargin/model src/fluidmargin/risk
+	$(BIN)/mypy src
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src/fluidmargin/core src/fluidmargin/model src/fluidmargin/risk
+	$(BIN)/mypy src
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

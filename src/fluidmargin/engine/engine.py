@@ -108,6 +108,23 @@ class _Market:
 class Engine:
     """Apply input events in order; every call returns the output events it caused."""
 
+    # position columns (allocated by _alloc_positions from _POS_FIELDS)
+    pos_acct: np.ndarray
+    pos_mkt: np.ndarray
+    pos_size: np.ndarray
+    pos_cost: np.ndarray
+    pos_fidx: np.ndarray
+    pos_iso: np.ndarray
+    pos_iso_margin: np.ndarray
+    pos_lev: np.ndarray
+    pos_next: np.ndarray
+    pos_status: np.ndarray
+    pos_c: np.ndarray
+    pos_e: np.ndarray
+    pos_mm: np.ndarray
+    pos_budget: np.ndarray
+    pos_band: np.ndarray
+
     def __init__(self, config: EngineConfig, screen: str = "incremental", capacity: int = 1024) -> None:
         if screen not in ("incremental", "reference"):
             raise ValueError("screen must be 'incremental' or 'reference'")
@@ -658,8 +675,8 @@ class Engine:
             return blocked
         # cost: a buyer pays ceil(size * price), a seller receives floor (exact Python ints)
         costs = []
-        for sz, pr, mi in zip(size.tolist(), price.tolist(), midx.tolist(), strict=True):
-            sd = self.markets[mi].spec.size_decimals
+        for sz, pr, mk in zip(size.tolist(), price.tolist(), midx.tolist(), strict=True):
+            sd = self.markets[mk].spec.size_decimals
             costs.append(
                 margin.value_quote_q(sz, pr, sd, Rounding.CEIL)
                 if sz > 0

@@ -19,6 +19,7 @@ accumulate in ``acct_err`` until the account is re-synchronised from its exact s
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -246,14 +247,15 @@ _parallel = njit(cache=True, parallel=True, error_model="numpy")(_remargin_body)
 PARALLEL_MIN_POSITIONS = 100_000
 
 
-def remargin_market(idx, *args):
+def remargin_market(idx: np.ndarray, *args: Any) -> None:
     """Screen one market's positions (see :func:`_remargin_body`), in parallel for large markets.
 
     The pool size and wait policy are set in ``fluidmargin/__init__`` before numba loads.
     """
     if len(idx) >= PARALLEL_MIN_POSITIONS and available_cores() > 1:
-        return _parallel(idx, *args)
-    return _serial(idx, *args)
+        _parallel(idx, *args)
+    else:
+        _serial(idx, *args)
 
 
 def available_cores() -> int:

@@ -320,7 +320,7 @@ def write_chart(result: RunResult, path: str | Path, title: str = "") -> Path:
     a3 = ax[3].twinx()
     a3.plot(t, s["insurance_usd"] / 1e6, color="tab:green", lw=1.2, label="insurance fund")
     a3.set_ylabel("insurance fund (M USD)", color="tab:green")
-    ax[3].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax[3].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))  # type: ignore[no-untyped-call]
     for a in ax:
         a.grid(alpha=0.3)
     out = Path(path)
