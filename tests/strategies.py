@@ -68,6 +68,7 @@ VENUES: dict[str, Callable[[], EngineConfig]] = {
     "drift": lambda: perp_venue(("BTC", "ETH"), preset="drift"),
     # a small insurance fund: bankruptcies soon socialise losses
     "binance-small-fund": lambda: perp_venue(("BTC", "ETH"), insurance_fund_usd=50),
+    "binance-partial": lambda: perp_venue(("BTC", "ETH"), liquidation="partial"),
 }
 
 START_PRICES = {"BTC": px(50_000), "ETH": px(3_000)}

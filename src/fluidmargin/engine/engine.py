@@ -167,7 +167,9 @@ class Engine:
         self.seq = 0
         self.seen_ids: set[str] = set()  # every id ever accepted (an id is consumed even if its input was rejected)
         self._ids_acc = 0  # order-independent digest of seen_ids, so hashing does not walk the set
-        self.liquidator: liq.Liquidator = liq.CloseAtMark()
+        self.liquidator: liq.Liquidator = (
+            liq.PartialToTarget(config.liquidation_target_ppm) if config.liquidation == "partial" else liq.CloseAtMark()
+        )
         # accounts
         self.n_acc = 0
         self.row_of: dict[int, int] = {}

@@ -3,6 +3,8 @@
 :class:`Liquidator` is the protocol; :class:`CloseAtMark` is the simple execution of the core
 issue: close breached positions at the mark price (largest maintenance first), pay a fee to the
 insurance fund, and draw any shortfall from the fund (socialising what it cannot cover).
+:class:`PartialToTarget` (``EngineConfig.liquidation="partial"``) closes only what restores a target
+health above maintenance.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from fluidmargin.core.units import PPM, Rounding, div_round
 from fluidmargin.model import events as ev
-from fluidmargin.risk import margin
+from fluidmargin.risk import margin, partial
 
 if TYPE_CHECKING:
     from fluidmargin.engine.engine import Bucket, Engine
@@ -41,28 +43,104 @@ class CloseAtMark:
             eng.bal[b.row, eng.quote_c] += shortfall
             eng.cover_shortfall(shortfall, int(eng.acct_id[b.row]), out)
 
-    def _close(self, eng: Engine, p: int, out: list[ev.Event], isolated: bool) -> None:
+    def _close(self, eng: Engine, p: int, out: list[ev.Event], isolated: bool, size: int | None = None) -> None:
+        """Close ``size`` (signed, as held; all of it by default) of position ``p`` at the mark."""
         m = eng.markets[int(eng.pos_mkt[p])]
         assert m.mark_q is not None
         r = int(eng.pos_acct[p])
         aid = int(eng.acct_id[r])
         eng._settle_funding(p, out)
-        size = int(eng.pos_size[p])
+        if size is None:
+            size = int(eng.pos_size[p])
         notional = margin.value_quote_q(abs(size), m.mark_q, m.spec.size_decimals, Rounding.CEIL)
         fee_full = div_round(notional * m.spec.liquidation_fee_ppm, PPM, Rounding.CEIL)
         realized = eng._trade(p, -size, m.mark_q, 0, release_iso=not isolated)
+        closed = eng.pos_size[p] == 0
         if isolated:
-            left = int(eng.pos_iso_margin[p])
+            left = int(eng.pos_iso_margin[p]) + (0 if closed else eng.position_risk(p).upnl_quote_q)
             fee = min(fee_full, max(left, 0))
-            left -= fee
+            eng.pos_iso_margin[p] -= fee
         else:
             fee = min(fee_full, max(eng.cross_risk(r).equity_quote_q, 0))
             eng.bal[r, eng.quote_c] -= fee
         out.append(ev.PositionLiquidated(eng.now_ns, aid, m.spec.symbol, size, m.mark_q, realized, fee))
         eng.fund_fee(fee, aid, out)
-        if isolated:
+        if isolated and closed:
+            left = int(eng.pos_iso_margin[p])
             if left < 0:
                 eng.cover_shortfall(-left, aid, out)
                 left = 0
             eng.pos_iso_margin[p] = 0
             eng.bal[r, eng.quote_c] += left
+
+
+class PartialToTarget(CloseAtMark):
+    """Close only what brings the bucket back to a target health above maintenance.
+
+    The bucket must end with equity >= (1 + target) x maintenance, so that it does not flap straight
+    back into liquidation. Positions are reduced largest maintenance first; each by the smallest size
+    that reaches the target (:func:`fluidmargin.risk.partial.close_size_to_target`), confirmed on the
+    engine's own exact figures (its rounding of the closed part's cash can cost a quantum more, in
+    which case one more quantum is closed), or all of it when that cannot reach the target.
+    """
+
+    def __init__(self, target_ppm: int) -> None:
+        self.target_ppm = target_ppm
+
+    def reached(self, eng: Engine, b: Bucket) -> bool:
+        risk = eng.bucket_risk(b)
+        return risk.equity_quote_q * PPM >= (PPM + self.target_ppm) * risk.mm_quote_q
+
+    def liquidate(self, eng: Engine, b: Bucket, out: list[ev.Event]) -> None:
+        if b.pos >= 0:
+            ps = [b.pos]
+        else:
+            ps = [p for p in eng.positions_of(b.row) if eng.pos_size[p] and not eng.pos_iso[p]]
+            ps.sort(key=lambda p: (-eng.position_risk(p).mm_quote_q, int(eng.pos_mkt[p])))
+        for p in ps:
+            q = self._size_for_target(eng, b, p)
+            self._close(eng, p, out, isolated=b.pos >= 0, size=q)
+            if self.reached(eng, b):
+                break
+        if b.pos < 0:
+            risk = eng.cross_risk(b.row)
+            if risk.equity_quote_q < 0 and not any(
+                eng.pos_size[p] and not eng.pos_iso[p] for p in eng.positions_of(b.row)
+            ):
+                shortfall = -risk.equity_quote_q
+                eng.bal[b.row, eng.quote_c] += shortfall
+                eng.cover_shortfall(shortfall, int(eng.acct_id[b.row]), out)
+
+    def _size_for_target(self, eng: Engine, b: Bucket, p: int) -> int:
+        m = eng.markets[int(eng.pos_mkt[p])]
+        assert m.mark_q is not None
+        size = int(eng.pos_size[p])
+        risk = eng.bucket_risk(b)
+        pr = eng.position_risk(p)
+        q = partial.close_size_to_target(
+            m.spec.margin,
+            size,
+            m.spec.size_decimals,
+            m.mark_q,
+            risk.equity_quote_q - pr.value_quote_q,
+            risk.mm_quote_q - pr.mm_quote_q,
+            self.target_ppm,
+            m.spec.liquidation_fee_ppm,
+        )
+        # confirm on the engine's exact figures (dry runs, state restored), a quantum more at a time
+        sign = 1 if size > 0 else -1
+        for _ in range(8):
+            if q == size or self._dry_run_reaches(eng, b, p, q):
+                return q
+            q += sign
+        return size
+
+    def _dry_run_reaches(self, eng: Engine, b: Bucket, p: int, q: int) -> bool:
+        saved = eng._save_account(b.row)
+        saved_fund, saved_social = eng.insurance_q, eng.socialized_q
+        scratch: list[ev.Event] = []
+        self._close(eng, p, scratch, isolated=b.pos >= 0, size=q)
+        ok = self.reached(eng, b)
+        eng._restore_account(b.row, saved)
+        eng.insurance_q, eng.socialized_q = saved_fund, saved_social
+        return ok

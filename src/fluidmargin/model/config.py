@@ -30,6 +30,8 @@ class EngineConfig:
     at_risk_buffer_ppm: int = 200_000  # "at risk" when health < 20 % of maintenance ...
     at_risk_exit_ppm: int = 300_000  # ... and healthy again only at 30 %: a band so statuses do not flap
     insurance_fund_quote_q: int = 0
+    liquidation: str = "close_at_mark"  # or "partial": close only what restores the target health
+    liquidation_target_ppm: int = 100_000  # partial: equity >= (1 + 10 %) x maintenance afterwards
 
     def __post_init__(self) -> None:
         syms = [c.symbol for c in self.collateral]
@@ -40,6 +42,10 @@ class EngineConfig:
         msyms = [m.symbol for m in self.markets]
         if len(set(msyms)) != len(msyms):
             raise ValidationError("duplicate market symbols")
+        if self.liquidation not in ("close_at_mark", "partial"):
+            raise ValidationError(f"liquidation must be close_at_mark or partial, not {self.liquidation!r}")
+        if not 0 <= self.liquidation_target_ppm <= 10 * 1_000_000:
+            raise ValidationError("liquidation_target_ppm must be in [0, 1e7]")
         if not 0 <= self.at_risk_buffer_ppm <= self.at_risk_exit_ppm:
             raise ValidationError("need 0 <= at_risk_buffer_ppm <= at_risk_exit_ppm")
         for m in self.markets:
@@ -80,6 +86,8 @@ class EngineConfig:
                 at_risk_buffer_ppm=d.get("at_risk_buffer_ppm", 200_000),
                 at_risk_exit_ppm=d.get("at_risk_exit_ppm", 300_000),
                 insurance_fund_quote_q=d.get("insurance_fund_quote_q", 0),
+                liquidation=d.get("liquidation", "close_at_mark"),
+                liquidation_target_ppm=d.get("liquidation_target_ppm", 100_000),
             )
         except (KeyError, TypeError) as e:
             raise ValidationError(f"malformed engine config: {e}") from None

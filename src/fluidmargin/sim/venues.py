@@ -40,6 +40,7 @@ def perp_venue(
     max_jump_ppm: int = 250_000,
     staleness_s: int = 120,
     yield_collateral: bool = False,
+    liquidation: str = "close_at_mark",
 ) -> EngineConfig:
     """USD-margined perpetuals on ``assets`` with one shared tier preset."""
     markets = tuple(
@@ -71,4 +72,5 @@ def perp_venue(
         markets=markets,
         default_oracle=policy,
         insurance_fund_quote_q=insurance_fund_usd * QUOTE_SCALE,
+        liquidation=liquidation,
     )
