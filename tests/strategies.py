@@ -11,6 +11,7 @@ pair is rejected, the first leg is reversed at the same price and time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -69,6 +70,7 @@ VENUES: dict[str, Callable[[], EngineConfig]] = {
     # a small insurance fund: bankruptcies soon socialise losses
     "binance-small-fund": lambda: perp_venue(("BTC", "ETH"), insurance_fund_usd=50),
     "binance-partial": lambda: perp_venue(("BTC", "ETH"), liquidation="partial"),
+    "binance-breaker": lambda: dataclasses.replace(perp_venue(("BTC", "ETH")), breaker_band_ppm=50_000),
 }
 
 START_PRICES = {"BTC": px(50_000), "ETH": px(3_000)}

@@ -34,8 +34,8 @@ from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATING, ST
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.instruments import CollateralAsset, PerpetualMarket
+from fluidmargin.risk import breaker, kernels, margin
 from fluidmargin.risk import funding as fnd
-from fluidmargin.risk import kernels, margin
 from fluidmargin.risk import oracle as orc
 
 YEAR_NS = 365 * 24 * 3600 * NS_PER_S
@@ -155,6 +155,8 @@ class Engine:
         self.src_last: dict[tuple[str, str], tuple[int, int]] = {}
         self.index_q: dict[str, int] = {}
         self.index_ts: dict[str, int] = {}
+        self.index_hist: dict[str, list[tuple[int, int]]] = {}  # valid index samples within the breaker window
+        self.halted: dict[str, str] = {}  # market -> why its circuit breaker stopped new risk
         # ledgers (quote quantums unless per asset)
         self.insurance_q = config.insurance_fund_quote_q
         self.fees_q = 0
@@ -560,6 +562,8 @@ class Engine:
             old_size != 0 and (new_size > 0) != (old_size > 0) and new_size != 0
         )
         if increases:
+            if m.spec.symbol in self.halted:
+                return f"market {m.spec.symbol} is halted ({self.halted[m.spec.symbol]}): no new risk"
             blocked = self._oracle_blocked([m.spec.base_asset], orc.Action.OPEN)
             if blocked:
                 return blocked
@@ -945,14 +949,42 @@ class Engine:
         validity, index, why = orc.aggregate(fresh, pol)
         if validity != orc.Validity.VALID or index is None:
             out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, f"{validity.name}: {why}"))
+            if validity == orc.Validity.DIVERGENT:
+                self._halt(e.asset, f"oracle sources diverge: {why}", out)
             return ""
         self.index_ts[e.asset] = e.ts_ns
+        self._breaker(e.asset, index, out)
         if self.index_q.get(e.asset) == index:
             return ""
         self.index_q[e.asset] = index
         out.append(ev.IndexPriceUpdated(e.ts_ns, e.asset, index))
         self._on_index(e.asset, out)
         return ""
+
+    def _breaker(self, asset: str, index_q: int, out: list[ev.Event]) -> None:
+        """Circuit breaker on a valid index: halt the asset's markets when the range within the window
+        exceeds the band; resume them once it is back within (and the sources agree again)."""
+        halted, why = (False, "")
+        if self.cfg.breaker_band_ppm:
+            hist = self.index_hist.setdefault(asset, [])
+            hist.append((self.now_ns, index_q))
+            cut = self.now_ns - self.cfg.breaker_window_ns
+            while hist and hist[0][0] < cut:
+                hist.pop(0)
+            halted, why = breaker.range_halt(hist, self.cfg.breaker_band_ppm, self.cfg.breaker_window_ns)
+        if halted:
+            self._halt(asset, why, out)
+            return
+        for m in self.markets_of_asset[asset]:
+            if m.spec.symbol in self.halted:
+                del self.halted[m.spec.symbol]
+                out.append(ev.MarketResumed(self.now_ns, m.spec.symbol))
+
+    def _halt(self, asset: str, reason: str, out: list[ev.Event]) -> None:
+        for m in self.markets_of_asset[asset]:
+            if m.spec.symbol not in self.halted:
+                self.halted[m.spec.symbol] = reason
+                out.append(ev.MarketHalted(self.now_ns, m.spec.symbol, reason))
 
     def _on_index(self, asset: str, out: list[ev.Event]) -> None:
         index = self.index_q[asset]
@@ -1340,6 +1372,8 @@ class Engine:
                 "src_last": sorted((a, s, p, t) for (a, s), (p, t) in self.src_last.items()),
                 "index_q": sorted(self.index_q.items()),
                 "index_ts": sorted(self.index_ts.items()),
+                "index_hist": sorted((a, list(h)) for a, h in self.index_hist.items()),
+                "halted": sorted(self.halted.items()),
             },
             "ledgers": {
                 "insurance_q": self.insurance_q,
@@ -1387,6 +1421,8 @@ class Engine:
         eng.src_last = {(a_, s_): (p, t) for a_, s_, p, t in o["src_last"]}
         eng.index_q = dict(o["index_q"])
         eng.index_ts = dict(o["index_ts"])
+        eng.index_hist = {a: [tuple(x) for x in h] for a, h in o["index_hist"]}
+        eng.halted = dict(o["halted"])
         led = state["ledgers"]
         eng.insurance_q, eng.fees_q, eng.clearing_q = led["insurance_q"], led["fees_q"], led["clearing_q"]
         eng.socialized_q = led["socialized_q"]

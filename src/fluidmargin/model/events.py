@@ -211,6 +211,19 @@ class InsuranceFundChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MarketHalted(Event):
+    """A circuit breaker stopped new risk on a market (liquidations keep their own policy)."""
+
+    market: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarketResumed(Event):
+    market: str
+
+
+@dataclass(frozen=True, slots=True)
 class BadDebtSocialized(Event):
     """The insurance fund could not cover a shortfall: an explicit, last-resort loss."""
 
@@ -240,6 +253,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PositionLiquidated,
         InsuranceFundChanged,
         BadDebtSocialized,
+        MarketHalted,
+        MarketResumed,
     )
 }
 
