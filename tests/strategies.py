@@ -70,6 +70,9 @@ VENUES: dict[str, Callable[[], EngineConfig]] = {
     # a small insurance fund: bankruptcies soon socialise losses
     "binance-small-fund": lambda: perp_venue(("BTC", "ETH"), insurance_fund_usd=50),
     "binance-partial": lambda: perp_venue(("BTC", "ETH"), liquidation="partial"),
+    "binance-partial-capped": lambda: dataclasses.replace(
+        perp_venue(("BTC", "ETH"), liquidation="partial"), liquidation_max_notional_quote_q=2_000 * 10**6
+    ),
     "binance-breaker": lambda: dataclasses.replace(perp_venue(("BTC", "ETH")), breaker_band_ppm=50_000),
 }
 

@@ -87,3 +87,48 @@ def test_partial_and_full_close_agree_when_the_target_cannot_be_reached(venue: t
     assert [o.size_base_q for o in liq] == [BTC]
     assert [o for o in out if isinstance(o, ev.InsuranceFundChanged) and o.reason == "shortfall"]
     assert eng.bucket_risk(Bucket(r)).equity_quote_q == 0
+
+
+def test_a_per_event_cap_spreads_the_liquidation_over_ticks() -> None:
+    """Cap 10,000 USD of notional per position and event: at ~48,800 each tick closes ~0.2049 BTC;
+    the account stays `liquidating` (fills and withdrawals refused) until the target is reached."""
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        perp_venue(("BTC",), preset="hyperliquid", funding_source="published", liquidation="partial"),
+        liquidation_max_notional_quote_q=usd(10_000),
+    )
+    eng = Engine(cfg)
+    t = 1
+    for e in (
+        ev.PriceObserved(1, "s", "BTC", "50000"),
+        ev.AccountOpened(2, ALICE),
+        ev.Deposited(3, ALICE, "USD", usd(1_500)),
+        ev.AccountOpened(4, BOB),
+        ev.Deposited(5, BOB, "USD", usd(100_000)),
+        ev.TradeFilled(6, ALICE, "BTC-PERP", BTC, px(50_000), leverage=40),
+        ev.TradeFilled(7, BOB, "BTC-PERP", -BTC, px(50_000), leverage=10),
+    ):
+        eng.apply(e)
+        t = e.ts_ns
+    r = eng.row(ALICE)
+    assert r is not None
+    closed = []
+    statuses = []
+    for i, price in enumerate(("48800", "48799", "48798", "48797", "48796")):
+        out = [o for _s, o in eng.apply(ev.PriceObserved(t + 1 + i, "s", "BTC", price))]
+        closed += [o.size_base_q for o in out if isinstance(o, ev.PositionLiquidated)]
+        statuses += [(o.old, o.new) for o in out if isinstance(o, ev.AccountStatusChanged) and o.account_id == ALICE]
+        if i == 0:
+            refused = eng.apply(ev.WithdrawalRequested(t + 100, ALICE, "USD", 1))
+            assert "liquidating" in next(o for _s, o in refused if isinstance(o, ev.InputRejected)).reason
+            t += 100
+    # capped closes: the largest q with q x price <= 10,000 USD, e.g. 10,000 / 48,800 = 0.20491803 BTC;
+    # four of them, then the remainder that reaches the target (~0.054 BTC at 48,796)
+    capped = [usd(10_000) * 10**10 // px(p) for p in (48_800, 48_799, 48_798, 48_797)]
+    assert closed[:4] == capped
+    assert len(closed) == 5 and 0 < closed[4] < capped[-1]
+    assert statuses == [("healthy", "liquidating"), ("liquidating", "healthy")]
+    after = eng.cross_risk(r)
+    assert after.equity_quote_q * PPM >= (PPM + cfg.liquidation_target_ppm) * after.mm_quote_q
+    assert eng.ledger_total() == sum(eng.deposits) - sum(eng.withdrawals)

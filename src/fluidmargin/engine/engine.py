@@ -170,7 +170,9 @@ class Engine:
         self.seen_ids: set[str] = set()  # every id ever accepted (an id is consumed even if its input was rejected)
         self._ids_acc = 0  # order-independent digest of seen_ids, so hashing does not walk the set
         self.liquidator: liq.Liquidator = (
-            liq.PartialToTarget(config.liquidation_target_ppm) if config.liquidation == "partial" else liq.CloseAtMark()
+            liq.PartialToTarget(config.liquidation_target_ppm, config.liquidation_max_notional_quote_q)
+            if config.liquidation == "partial"
+            else liq.CloseAtMark()
         )
         # accounts
         self.n_acc = 0
@@ -1290,11 +1292,15 @@ class Engine:
                 self._set_status(b, transition(LIQUIDATING, "closed"), 0, out)
                 self.non_healthy.discard(b)
                 continue
-            trig = (
-                "bankrupt"
-                if risk.equity_quote_q <= 0 and not self._has_positions(b)
-                else ("restored" if risk.health_quote_q >= 0 else "bankrupt")
-            )
+            has_positions = self._has_positions(b)
+            if risk.equity_quote_q <= 0 and not has_positions:
+                trig = "bankrupt"
+            elif risk.health_quote_q >= 0:
+                trig = "restored"
+            elif has_positions:
+                trig = "continues"  # a capped partial close: the rest follows on later events
+            else:
+                trig = "bankrupt"
             self._set_status(b, transition(LIQUIDATING, trig), risk.health_quote_q, out)
 
     def _has_positions(self, b: Bucket) -> bool:

@@ -84,8 +84,9 @@ class PartialToTarget(CloseAtMark):
     which case one more quantum is closed), or all of it when that cannot reach the target.
     """
 
-    def __init__(self, target_ppm: int) -> None:
+    def __init__(self, target_ppm: int, max_notional_quote_q: int = 0) -> None:
         self.target_ppm = target_ppm
+        self.max_notional_quote_q = max_notional_quote_q  # per position and event; 0: no cap
 
     def reached(self, eng: Engine, b: Bucket) -> bool:
         risk = eng.bucket_risk(b)
@@ -99,6 +100,10 @@ class PartialToTarget(CloseAtMark):
             ps.sort(key=lambda p: (-eng.position_risk(p).mm_quote_q, int(eng.pos_mkt[p])))
         for p in ps:
             q = self._size_for_target(eng, b, p)
+            if self.max_notional_quote_q:
+                m = eng.markets[int(eng.pos_mkt[p])]
+                assert m.mark_q is not None
+                q = partial.cap_close(q, self.max_notional_quote_q, m.mark_q, m.spec.size_decimals)
             self._close(eng, p, out, isolated=b.pos >= 0, size=q)
             if self.reached(eng, b):
                 break

@@ -19,6 +19,11 @@ TRANSITIONS: dict[tuple[int, str], int] = {
     (LIQUIDATING, "restored"): HEALTHY,
     (LIQUIDATING, "closed"): HEALTHY,  # an isolated position fully closed: its bucket is gone
     (LIQUIDATING, "bankrupt"): BANKRUPT,
+    (LIQUIDATING, "continues"): LIQUIDATING,  # capped: still below maintenance, more closes to come
+    (LIQUIDATING, "breach"): LIQUIDATING,
+    (LIQUIDATING, "breach_blocked"): LIQUIDATING,
+    (LIQUIDATING, "ok"): HEALTHY,  # the market came back before the rest was closed
+    (LIQUIDATING, "at_risk"): AT_RISK,
     (BANKRUPT, "ok"): HEALTHY,  # new collateral brought equity back
     (BANKRUPT, "at_risk"): BANKRUPT,
     (BANKRUPT, "breach_blocked"): BANKRUPT,

@@ -32,6 +32,7 @@ class EngineConfig:
     insurance_fund_quote_q: int = 0
     liquidation: str = "close_at_mark"  # or "partial": close only what restores the target health
     liquidation_target_ppm: int = 100_000  # partial: equity >= (1 + 10 %) x maintenance afterwards
+    liquidation_max_notional_quote_q: int = 0  # partial: at most this notional per position and event (0: no cap)
     breaker_band_ppm: int = 0  # circuit breaker: halt new risk when the index range within the window
     breaker_window_ns: int = 300 * 10**9  # exceeds this band (0: off); divergent sources always halt
 
@@ -46,6 +47,8 @@ class EngineConfig:
             raise ValidationError("duplicate market symbols")
         if self.liquidation not in ("close_at_mark", "partial"):
             raise ValidationError(f"liquidation must be close_at_mark or partial, not {self.liquidation!r}")
+        if self.liquidation_max_notional_quote_q < 0:
+            raise ValidationError("liquidation_max_notional_quote_q must be >= 0")
         if self.breaker_band_ppm < 0 or self.breaker_window_ns <= 0:
             raise ValidationError("breaker_band_ppm must be >= 0 and breaker_window_ns > 0")
         if not 0 <= self.liquidation_target_ppm <= 10 * 1_000_000:
@@ -92,6 +95,7 @@ class EngineConfig:
                 insurance_fund_quote_q=d.get("insurance_fund_quote_q", 0),
                 liquidation=d.get("liquidation", "close_at_mark"),
                 liquidation_target_ppm=d.get("liquidation_target_ppm", 100_000),
+                liquidation_max_notional_quote_q=d.get("liquidation_max_notional_quote_q", 0),
                 breaker_band_ppm=d.get("breaker_band_ppm", 0),
                 breaker_window_ns=d.get("breaker_window_ns", 300 * 10**9),
             )
