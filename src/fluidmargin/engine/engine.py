@@ -180,7 +180,6 @@ class Engine:
         self._alloc_accounts(capacity)
         self.n_pos = 0
         self._alloc_positions(capacity)
-        self.non_healthy: set[Bucket] = set()
         # called once breaches are confirmed, before they are executed; for instrumentation only
         self.decision_hook: Callable[[], None] | None = None
 
@@ -1232,10 +1231,6 @@ class Engine:
             self.acct_f[b.row, 3] = new
         else:
             self.pos_status[b.pos] = new
-        if new == HEALTHY:
-            self.non_healthy.discard(b)
-        else:
-            self.non_healthy.add(b)
         name = "cross" if b.pos < 0 else ISO_BUCKET + self.markets[int(self.pos_mkt[b.pos])].spec.symbol
         out.append(
             ev.AccountStatusChanged(
@@ -1252,7 +1247,6 @@ class Engine:
         breaches = []
         for b in cands:
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
-                self.non_healthy.discard(b)
                 continue
             risk = self.bucket_risk(b)
             h = risk.health_quote_q
@@ -1290,7 +1284,6 @@ class Engine:
             risk = self.bucket_risk(b)
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
                 self._set_status(b, transition(LIQUIDATING, "closed"), 0, out)
-                self.non_healthy.discard(b)
                 continue
             has_positions = self._has_positions(b)
             if risk.equity_quote_q <= 0 and not has_positions:
@@ -1390,7 +1383,6 @@ class Engine:
                 "withdrawals": list(self.withdrawals),
             },
             "seen_ids": [len(self.seen_ids), self._ids_acc] if for_hash else sorted(self.seen_ids),
-            "non_healthy": sorted((b.row, b.pos) for b in self.non_healthy),
         }
 
     def state_hash(self) -> str:
@@ -1436,7 +1428,6 @@ class Engine:
         eng.seen_ids = set(state["seen_ids"])
         for eid in eng.seen_ids:
             eng._ids_acc = (eng._ids_acc + _id_digest(eid)) & _MASK128
-        eng.non_healthy = {Bucket(r, p) for r, p in state["non_healthy"]}
         eng.rebuild_shadow()
         return eng
 

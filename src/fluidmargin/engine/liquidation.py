@@ -30,15 +30,24 @@ class CloseAtMark:
         if b.pos >= 0:
             self._close(eng, b.pos, out, isolated=True)
             return
-        ps = [p for p in eng.positions_of(b.row) if eng.pos_size[p] and not eng.pos_iso[p]]
-        # deterministic order: largest maintenance contribution first, then market index
-        ps.sort(key=lambda p: (-eng.position_risk(p).mm_quote_q, int(eng.pos_mkt[p])))
-        for p in ps:
+        for p in self._cross_positions(eng, b):
             self._close(eng, p, out, isolated=False)
             if eng.cross_risk(b.row).health_quote_q >= 0:
                 break
+        self._cover_cross_shortfall(eng, b, out)
+
+    @staticmethod
+    def _cross_positions(eng: Engine, b: Bucket) -> list[int]:
+        """The cross bucket's open positions, largest maintenance contribution first, then market index."""
+        ps = [p for p in eng.positions_of(b.row) if eng.pos_size[p] and not eng.pos_iso[p]]
+        ps.sort(key=lambda p: (-eng.position_risk(p).mm_quote_q, int(eng.pos_mkt[p])))
+        return ps
+
+    @staticmethod
+    def _cover_cross_shortfall(eng: Engine, b: Bucket, out: list[ev.Event]) -> None:
+        """A cross bucket with nothing left to close and negative equity: the fund (or a loss) covers it."""
         risk = eng.cross_risk(b.row)
-        if risk.equity_quote_q < 0 and not any(eng.pos_size[p] and not eng.pos_iso[p] for p in eng.positions_of(b.row)):
+        if risk.equity_quote_q < 0 and not eng._has_positions(b):
             shortfall = -risk.equity_quote_q
             eng.bal[b.row, eng.quote_c] += shortfall
             eng.cover_shortfall(shortfall, int(eng.acct_id[b.row]), out)
@@ -93,11 +102,7 @@ class PartialToTarget(CloseAtMark):
         return risk.equity_quote_q * PPM >= (PPM + self.target_ppm) * risk.mm_quote_q
 
     def liquidate(self, eng: Engine, b: Bucket, out: list[ev.Event]) -> None:
-        if b.pos >= 0:
-            ps = [b.pos]
-        else:
-            ps = [p for p in eng.positions_of(b.row) if eng.pos_size[p] and not eng.pos_iso[p]]
-            ps.sort(key=lambda p: (-eng.position_risk(p).mm_quote_q, int(eng.pos_mkt[p])))
+        ps = [b.pos] if b.pos >= 0 else self._cross_positions(eng, b)
         for p in ps:
             q = self._size_for_target(eng, b, p)
             if self.max_notional_quote_q:
@@ -108,13 +113,7 @@ class PartialToTarget(CloseAtMark):
             if self.reached(eng, b):
                 break
         if b.pos < 0:
-            risk = eng.cross_risk(b.row)
-            if risk.equity_quote_q < 0 and not any(
-                eng.pos_size[p] and not eng.pos_iso[p] for p in eng.positions_of(b.row)
-            ):
-                shortfall = -risk.equity_quote_q
-                eng.bal[b.row, eng.quote_c] += shortfall
-                eng.cover_shortfall(shortfall, int(eng.acct_id[b.row]), out)
+            self._cover_cross_shortfall(eng, b, out)
 
     def _size_for_target(self, eng: Engine, b: Bucket, p: int) -> int:
         m = eng.markets[int(eng.pos_mkt[p])]
