@@ -23,8 +23,9 @@ from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, div
 from fluidmargin.engine import BucketRisk, Engine
 from fluidmargin.engine.state import BANKRUPT, LIQUIDATING
 from fluidmargin.model import events as ev
-from fluidmargin.model.config import EngineConfig
-from fluidmargin.sim.venues import perp_venue
+from fluidmargin.model.config import BackstopSpec, EngineConfig
+from fluidmargin.model.instruments import AuctionSpec, ImpactSpec, LiquidationPolicy
+from fluidmargin.sim.venues import perp_venue, waterfall_venue
 
 # --- units ---------------------------------------------------------------------------------------
 
@@ -74,6 +75,30 @@ VENUES: dict[str, Callable[[], EngineConfig]] = {
         perp_venue(("BTC", "ETH"), liquidation="partial"), liquidation_max_notional_quote_q=2_000 * 10**6
     ),
     "binance-breaker": lambda: dataclasses.replace(perp_venue(("BTC", "ETH")), breaker_band_ppm=50_000),
+    # the waterfall: BTC auctions behind a backstop vault, ETH impact with its own fund, batched
+    "waterfall": lambda: dataclasses.replace(
+        waterfall_venue(insurance_fund_usd=200),
+        backstop=BackstopSpec(max_notional_quote_q=usd(200_000), max_leverage=5, withdrawal_delay_ns=600 * NS),
+        liquidation_max_account_notional_quote_q=usd(150_000),
+    ),
+    # auctions one by one (linear and stair-step), a book-depth impact model, a tiny fund: ADL
+    "auction-adl": lambda: perp_venue(
+        ("BTC", "ETH"),
+        insurance_fund_usd=20,
+        policies={
+            "BTC": LiquidationPolicy(execution="auction", auction=AuctionSpec(curve="linear", tail_s=120, tau_s=600)),
+            "ETH": LiquidationPolicy(
+                execution="impact",
+                impact=ImpactSpec("book", book=((0, 10**7), (2_000, 10**8), (10_000, 10**9))),
+            ),
+        },
+    ),
+    # no ADL and a small fund: shortfalls are socialised, explicitly
+    "no-adl": lambda: perp_venue(
+        ("BTC", "ETH"),
+        insurance_fund_usd=50,
+        policies={a: LiquidationPolicy(adl=False) for a in ("BTC", "ETH")},
+    ),
 }
 
 START_PRICES = {"BTC": px(50_000), "ETH": px(3_000)}
@@ -289,7 +314,27 @@ class Bad:
     who: int
 
 
-Step = Open | Deposit | Withdraw | PairFill | Tick | Slide | Squeeze | Clock | Settle | Seed | Bad
+@dataclass(frozen=True)
+class Bid:
+    """A bid on an open auction: ``frac_ppm`` of what is left, limit ``off_ppm`` through its price."""
+
+    who: int
+    pick: int
+    frac_ppm: int
+    off_ppm: int
+
+
+@dataclass(frozen=True)
+class Vault:
+    """A backstop-vault action: 0 deposit, 1 request (``frac_ppm`` of shares held), 2 claim."""
+
+    kind: int
+    who: int
+    amount: int
+    frac_ppm: int
+
+
+Step = Open | Deposit | Withdraw | PairFill | Tick | Slide | Squeeze | Clock | Settle | Seed | Bad | Bid | Vault
 
 BAD_PRICES = ("NaN", "nan", "inf", "-inf", "-5", "0", "abc", "1e40", "", "1e", "--1")
 N_BAD_KINDS = 12
@@ -338,14 +383,44 @@ step_strategy: st.SearchStrategy[Step] = st.one_of(
         Seed, st.integers(1, 3), st.integers(0, 1), leverages, st.booleans(), st.integers(100_000, 900_000)
     ),
     st.builds(Bad, st.integers(0, N_BAD_KINDS - 1), st.integers(0, 7)),
+    st.builds(
+        Bid,
+        st.integers(0, 7),
+        st.integers(0, 3),
+        st.sampled_from([100_000, 500_000, 1_000_000, 2_000_000]),
+        st.sampled_from([-5_000, 0, 0, 2_000, 20_000]),
+    ),
+    st.builds(
+        Bid,
+        st.integers(0, 7),
+        st.integers(0, 3),
+        st.sampled_from([100_000, 1_000_000]),
+        st.sampled_from([0, 5_000]),
+    ),
+    st.builds(
+        Vault,
+        st.sampled_from([0, 0, 1, 2]),
+        st.integers(0, 7),
+        st.sampled_from([100, 1_000, 20_000]),
+        st.sampled_from([300_000, 1_000_000, 1_500_000]),
+    ),
 )
 
 # price ticks and paired fills carry the story: weight them up
 main_ticks = st.builds(Tick, st.integers(0, 2), st.just(0), small_moves | large_moves)
+bids = st.builds(
+    Bid,
+    st.integers(0, 7),
+    st.integers(0, 3),
+    st.sampled_from([300_000, 1_000_000]),
+    st.sampled_from([-5_000, 0, 1_000, 10_000]),
+)
 weighted_steps = st.one_of(
     step_strategy,
     main_ticks,
     main_ticks,
+    bids,
+    bids,
     st.builds(Tick, st.integers(0, 1), st.just(0), large_moves),
     st.builds(
         Slide,
@@ -742,6 +817,35 @@ class _Builder:
         else:
             self.emit(ev.TradeFilled(t, aid, "ETH-PERP", 2**70, px(3_000), event_id=self._id()))
 
+    def bid(self, s: Bid) -> None:
+        auctions = sorted(self.eng.wf.auctions)
+        aid = self.acct(s.who)
+        if not auctions or aid is None:
+            return
+        a = self.eng.wf.auctions[auctions[s.pick % len(auctions)]]
+        self._refresh(self.eng.markets[a.market].spec.base_asset)
+        a = self.eng.wf.auctions.get(a.auction_id)
+        if a is None:
+            return
+        price = self.eng.wf.price_q(a)
+        side = 1 if a.size > 0 else -1
+        limit = max(1, price * (10**6 + side * s.off_ppm) // 10**6)
+        size = max(1, abs(a.size) * s.frac_ppm // 10**6)
+        self.emit(ev.AuctionBid(self.step_time(), a.auction_id, aid, size, limit, event_id=self._id()))
+
+    def vault(self, s: Vault) -> None:
+        aid = self.acct(s.who)
+        if aid is None:
+            return
+        t = self.step_time()
+        if s.kind == 0:
+            self.emit(ev.VaultDeposit(t, aid, usd(s.amount), event_id=self._id()))
+        elif s.kind == 1:
+            held = self.eng.wf.shares.get(aid, 0)
+            self.emit(ev.VaultWithdrawalRequested(t, aid, max(1, held * s.frac_ppm // 10**6), event_id=self._id()))
+        else:
+            self.emit(ev.VaultWithdrawalClaimed(t, aid, event_id=self._id()))
+
     def run(self, steps: list[Step]) -> Scenario:
         self.prelude()
         table = {
@@ -756,6 +860,8 @@ class _Builder:
             Settle: self.settle,
             Seed: self.seed,
             Bad: self.bad,
+            Bid: self.bid,
+            Vault: self.vault,
         }
         for s in steps:
             table[type(s)](s)  # type: ignore[operator]

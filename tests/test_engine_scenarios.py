@@ -13,6 +13,7 @@ import pytest
 from fluidmargin.engine import Engine
 from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY
 from fluidmargin.model import events as ev
+from fluidmargin.model.instruments import LiquidationPolicy
 from fluidmargin.sim.venues import perp_venue
 from strategies import (
     DAY,
@@ -133,7 +134,9 @@ def test_healthy_at_risk_liquidating_healthy_by_closing_one_of_two_cross_positio
 def test_a_gap_through_zero_equity_ends_bankrupt_and_the_shortfall_is_covered(
     fund_usd: int, fund_pays_q: int, socialised_q: int
 ) -> None:
-    d = desk_for(without_funding(perp_venue(("BTC", "ETH"), insurance_fund_usd=fund_usd)))
+    # ADL off (tests/test_waterfall.py covers it): the fund, then a socialised loss
+    no_adl = {a: LiquidationPolicy(adl=False) for a in ("BTC", "ETH")}
+    d = desk_for(without_funding(perp_venue(("BTC", "ETH"), insurance_fund_usd=fund_usd, policies=no_adl)))
     # Alice: 150 USD, long 0.1 BTC @ 50,000 at 50x (IM 5,000 / 50 = 100 <= 150)
     d.open(ALICE, 150)
     d.pair(ALICE, BOB, "BTC-PERP", base("0.1"), px(50_000), leverage=50)

@@ -30,9 +30,7 @@ def demo(
 
     config = perp_venue(("BTC", "ETH"))
     candles = crash_candles(seed, CrashParams(days=days))
-    scenario = Scenario(
-        config, candles, None, PopulationSpec(accounts, seed), path="close", name="crash demo"
-    )
+    scenario = Scenario(config, candles, None, PopulationSpec(accounts, seed), path="close", name="crash demo")
     log = out / "events.sqlite" if _store_runner() is not None else None
     try:
         result = execute(scenario, log, quiet=as_json, fresh_log=True)

@@ -93,9 +93,7 @@ def execute(
     if log is not None:
         runner_cls = _store_runner()
         if runner_cls is None:
-            raise FluidMarginError(
-                "--log needs fluidmargin.store (the durable event log), which is not installed"
-            )
+            raise FluidMarginError("--log needs fluidmargin.store (the durable event log), which is not installed")
         if fresh_log:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(log) + suffix).unlink(missing_ok=True)
@@ -182,38 +180,26 @@ def _load(
         for path in funding:
             asset = asset_from_path(path)
             if asset is None or asset not in candles:
-                raise typer.BadParameter(
-                    f"funding file {path.name!r} names no replayed asset ({', '.join(candles)})"
-                )
+                raise typer.BadParameter(f"funding file {path.name!r} names no replayed asset ({', '.join(candles)})")
             fund[asset] = load_funding(path)
     return candles, fund
 
 
 @app.command()
 def replay(
-    data: Annotated[
-        list[Path], typer.Argument(help="candle files (CSV, Binance kline CSV/zip, freqtrade JSON)")
-    ],
-    asset: Annotated[
-        list[str] | None, typer.Option("--asset", help="asset of each DATA file, in order")
-    ] = None,
+    data: Annotated[list[Path], typer.Argument(help="candle files (CSV, Binance kline CSV/zip, freqtrade JSON)")],
+    asset: Annotated[list[str] | None, typer.Option("--asset", help="asset of each DATA file, in order")] = None,
     accounts: Annotated[int, typer.Option(min=1, help="accounts in the seeded population")] = 10_000,
     seed: Annotated[int, typer.Option(help="population seed")] = 7,
-    preset: Annotated[
-        str, typer.Option(help="margin tiers: binance, hyperliquid, dydx or drift")
-    ] = "binance",
-    funding: Annotated[
-        list[Path] | None, typer.Option("--funding", help="timestamp_ms,funding_rate CSV")
-    ] = None,
+    preset: Annotated[str, typer.Option(help="margin tiers: binance, hyperliquid, dydx or drift")] = "binance",
+    funding: Annotated[list[Path] | None, typer.Option("--funding", help="timestamp_ms,funding_rate CSV")] = None,
     out: Annotated[Path, typer.Option(help="directory for chart.png and summary.json")] = Path("out/replay"),
     log: Annotated[Path | None, typer.Option(help="durable SQLite event log (resumes if it exists)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     path: Annotated[str, typer.Option(help="price points per candle: ohlc or close")] = "ohlc",
     start: Annotated[str | None, typer.Option(help="first candle: ms or ISO time (UTC)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many candles per file")] = None,
-    max_jump_ppm: Annotated[
-        int, typer.Option(help="oracle: largest accepted move vs the last price")
-    ] = 250_000,
+    max_jump_ppm: Annotated[int, typer.Option(help="oracle: largest accepted move vs the last price")] = 250_000,
     insurance_usd: Annotated[int, typer.Option(min=0, help="insurance fund seed")] = 1_000_000,
     ack: Annotated[bool, typer.Option("--ack", help="with --log: print ACK <seq> after each durable commit")] = False,
 ) -> None:

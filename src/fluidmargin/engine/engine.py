@@ -30,6 +30,7 @@ from fluidmargin.core.units import (
     div_round,
 )
 from fluidmargin.engine import liquidation as liq
+from fluidmargin.engine import waterfall as wfl
 from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATING, STATUS_NAMES, transition
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
@@ -157,8 +158,10 @@ class Engine:
         self.index_ts: dict[str, int] = {}
         self.index_hist: dict[str, list[tuple[int, int]]] = {}  # valid index samples within the breaker window
         self.halted: dict[str, str] = {}  # market -> why its circuit breaker stopped new risk
-        # ledgers (quote quantums unless per asset)
-        self.insurance_q = config.insurance_fund_quote_q
+        # ledgers (quote quantums unless per asset); the insurance funds live in the waterfall
+        self.wf = wfl.Waterfall(self)
+        self._recheck: list[Bucket] = []  # buckets a liquidation touched on the side (ADL, backstop)
+        self.max_q = MAX_QUANTUMS // 4
         self.fees_q = 0
         self.clearing_q = 0  # counterparty of fills, liquidations at mark, and funding
         self.socialized_q = 0
@@ -172,7 +175,7 @@ class Engine:
         self.liquidator: liq.Liquidator = (
             liq.PartialToTarget(config.liquidation_target_ppm, config.liquidation_max_notional_quote_q)
             if config.liquidation == "partial"
-            else liq.CloseAtMark()
+            else liq.CloseAtMark(config.liquidation_max_notional_quote_q)
         )
         # accounts
         self.n_acc = 0
@@ -182,6 +185,11 @@ class Engine:
         self._alloc_positions(capacity)
         # called once breaches are confirmed, before they are executed; for instrumentation only
         self.decision_hook: Callable[[], None] | None = None
+
+    @property
+    def insurance_q(self) -> int:
+        """The main insurance fund's balance."""
+        return self.wf.funds[wfl.MAIN_FUND]
 
     # --- storage --------------------------------------------------------------------------------
 
@@ -325,13 +333,28 @@ class Engine:
             return "account_id must be a non-negative 64-bit integer"
         if e.account_id in self.row_of:
             return f"account {e.account_id} already exists"
+        if self.is_vault(e.account_id):
+            return f"account {e.account_id} is reserved for the backstop vault"
+        self._open_row(e.account_id)
+        return ""
+
+    def is_vault(self, account_id: int) -> bool:
+        return self.cfg.backstop is not None and account_id == self.cfg.backstop.account_id
+
+    def vault_row(self) -> int:
+        """The backstop vault's account row (opened on first use)."""
+        assert self.cfg.backstop is not None
+        r = self.row_of.get(self.cfg.backstop.account_id)
+        return self._open_row(self.cfg.backstop.account_id) if r is None else r
+
+    def _open_row(self, account_id: int) -> int:
         if self.n_acc == len(self.acct_id):
             self._grow_accounts()
         r = self.n_acc
         self.n_acc += 1
-        self.row_of[e.account_id] = r
-        self.acct_id[r] = e.account_id
-        return ""
+        self.row_of[account_id] = r
+        self.acct_id[r] = account_id
+        return r
 
     def _check_amount(self, amount: int) -> str:
         if isinstance(amount, bool) or not isinstance(amount, int):
@@ -347,6 +370,8 @@ class Engine:
         r = self.row_of.get(account_id)
         if r is None:
             return f"unknown account {account_id}"
+        if self.is_vault(account_id):
+            return "the backstop vault moves collateral only through vault deposits and claims"
         c = self.coll_idx.get(asset)
         if c is None:
             return f"unknown collateral asset {asset!r}"
@@ -530,6 +555,8 @@ class Engine:
         r = self.row_of.get(e.account_id)
         if r is None:
             return f"unknown account {e.account_id}"
+        if self.is_vault(e.account_id):
+            return "the backstop vault trades only by taking over liquidations"
         m = self.market_idx.get(e.market)
         if m is None:
             return f"unknown market {e.market!r}"
@@ -615,6 +642,36 @@ class Engine:
                 return f"pre-trade check: cross equity {risk.equity_quote_q} below initial margin {im} after the move"
         return ""
 
+    def take_position(
+        self, r: int, m: _Market, delta: int, price_q: int, out: list[ev.Event], check_im: bool = True
+    ) -> str:
+        """Add ``delta`` of market ``m`` to account ``r``'s cross position at ``price_q`` (no fee).
+
+        With ``check_im``, an increase must leave cross equity at or above initial margin; on a
+        reason nothing has changed.
+        """
+        saved = self._save_account(r)
+        p = self._find_pos(r, m.i)
+        if p < 0:
+            p = self._new_pos(r, m)
+            self.pos_lev[p] = min(10, m.spec.margin.brackets[0].max_leverage)
+        self._settle_funding(p, out, emit=False)
+        self.pos_iso[p] = 0
+        old = int(self.pos_size[p])
+        try:
+            self._trade(p, delta, price_q, 0)
+        except _Overflow as exc:
+            self._restore_account(r, saved)
+            return str(exc)
+        new = int(self.pos_size[p])
+        increases = abs(new) > abs(old) or (old and new and (old > 0) != (new > 0))
+        if check_im and increases:
+            risk, im = self.cross_risk(r), self.cross_initial(r)
+            if risk.equity_quote_q < im:
+                self._restore_account(r, saved)
+                return f"equity {risk.equity_quote_q} below initial margin {im} after taking {delta}"
+        return ""
+
     def _on_AccountsSeeded(self, e: ev.AccountsSeeded, out: list[ev.Event]) -> str:
         """Vectorised account opening: exact int64 columns, float screen, exact confirmation."""
         ids = e.account_ids
@@ -643,8 +700,12 @@ class Engine:
             lev = np.array(e.pos_leverage, dtype=np.int64)
         except (OverflowError, ValueError, TypeError):
             return "columns must hold integers within 64 bits (would overflow)"
-        if k and (aid.min() < 0 or len(np.unique(aid)) != k or any(int(a) in self.row_of for a in aid.tolist())):
-            return "account ids must be new, unique and non-negative"
+        if k and (
+            aid.min() < 0
+            or len(np.unique(aid)) != k
+            or any(int(a) in self.row_of or self.is_vault(int(a)) for a in aid.tolist())
+        ):
+            return "account ids must be new, unique, non-negative and not reserved"
         lim = MAX_QUANTUMS // 4
         if k and (dep.min() <= 0 or dep.max() > lim):
             return "deposits must be positive and within bounds"
@@ -819,6 +880,10 @@ class Engine:
             "oi": [m.long_oi_base_q for m in self.markets],
             "clearing": self.clearing_q,
             "fees": self.fees_q,
+            "funds": dict(self.wf.funds),
+            "socialized": self.socialized_q,
+            "orders": len(self.wf.orders),
+            "liq_used": self.wf.liq_used.get(r),
         }
 
     def _restore_account(self, r: int, s: dict[str, Any]) -> None:
@@ -836,6 +901,13 @@ class Engine:
             m.long_oi_base_q = s["oi"][m.i]
         self.clearing_q = s["clearing"]
         self.fees_q = s["fees"]
+        self.wf.funds = s["funds"]
+        self.socialized_q = s["socialized"]
+        del self.wf.orders[s["orders"] :]
+        if s["liq_used"] is None:
+            self.wf.liq_used.pop(r, None)
+        else:
+            self.wf.liq_used[r] = s["liq_used"]
 
     def _trade(self, p: int, delta: int, price_q: int, fee_q: int, release_iso: bool = True) -> int:
         """Apply a fill to position ``p`` at ``price_q``; returns realised PnL (quote quantums).
@@ -1004,6 +1076,9 @@ class Engine:
         for c in self.coll_of_asset[asset]:
             touched.extend(self._remargin_collateral(c))
         self._evaluate(touched, out)
+        if self.wf.auctions:
+            self.wf.poll({m.i for m in self.markets_of_asset[asset]}, out)
+            self._evaluate([], out)
 
     def _on_LastTradeObserved(self, e: ev.LastTradeObserved, out: list[ev.Event]) -> str:
         m = self.market_idx.get(e.market)
@@ -1038,7 +1113,41 @@ class Engine:
             if spec.yield_spec is not None:  # yield accrual (and a de-peg it causes) moves with time alone
                 touched.extend(self._remargin_collateral(c))
         self._evaluate(touched, out)
+        self.wf.poll(None, out)
+        self._evaluate([], out)
         return ""
+
+    # --- the waterfall's commands ------------------------------------------------------------------
+
+    def _on_AuctionBid(self, e: ev.AuctionBid, out: list[ev.Event]) -> str:
+        return self.wf.bid(e, out)
+
+    def _on_VaultDeposit(self, e: ev.VaultDeposit, out: list[ev.Event]) -> str:
+        return self.wf.vault_deposit(e, out)
+
+    def _on_VaultWithdrawalRequested(self, e: ev.VaultWithdrawalRequested, out: list[ev.Event]) -> str:
+        return self.wf.vault_request(e, out)
+
+    def _on_VaultWithdrawalClaimed(self, e: ev.VaultWithdrawalClaimed, out: list[ev.Event]) -> str:
+        return self.wf.vault_claim(e, out)
+
+    def adl_rank(self, account_id: int, market: str) -> dict[str, Any] | None:
+        """Where ``account_id``'s position in ``market`` stands in the ADL queue (None if not ranked).
+
+        The queue is the one a bankrupt position of the opposite side would draw on: rank 1 goes first.
+        """
+        r = self.row_of.get(account_id)
+        m = self.market_idx.get(market)
+        if r is None or m is None:
+            return None
+        p = self._find_pos(r, m.i)
+        if p < 0 or self.pos_size[p] == 0:
+            return None
+        queue = self.wf.adl_queue(m, -int(self.pos_size[p]))
+        for i, rp in enumerate(queue, 1):
+            if rp.account_id == account_id:
+                return {"rank": i, "of": len(queue), "lights": rp.lights, "score": str(rp.score)}
+        return None
 
     def _fidx_now(self, m: _Market) -> int:
         return self._fidx_at(m, self.now_ns)
@@ -1239,10 +1348,24 @@ class Engine:
         )
 
     def _evaluate(self, flagged: Iterable[Bucket], out: list[ev.Event]) -> None:
-        """Confirm flagged buckets exactly, move them through the state machine, liquidate breaches.
+        """Confirm flagged buckets exactly, move them through the state machine, liquidate breaches,
+        then execute what the protocol took over (netted per market when batching).
 
-        Breaches are handled worst first, then larger maintenance first, then account id.
+        Breaches are handled worst first, then larger maintenance first, then account id. Buckets a
+        liquidation touched on the side (ADL counterparties, the vault) are confirmed right after.
         """
+        self._evaluate_once(flagged, out)
+        for _ in range(8):
+            if not self._recheck:
+                break
+            again, self._recheck = self._recheck, []
+            self._evaluate_once(again, out)
+        self.wf.flush(out)
+
+    def _bucket_of(self, p: int) -> Bucket:
+        return Bucket(int(self.pos_acct[p]), p) if self.pos_iso[p] else Bucket(int(self.pos_acct[p]))
+
+    def _evaluate_once(self, flagged: Iterable[Bucket], out: list[ev.Event]) -> None:
         cands = sorted(set(flagged), key=lambda b: (b.row, b.pos))
         breaches = []
         for b in cands:
@@ -1308,21 +1431,10 @@ class Engine:
 
     # --- insurance fund ---------------------------------------------------------------------------
 
-    def fund_fee(self, amount_q: int, account_id: int, out: list[ev.Event]) -> None:
-        if amount_q:
-            self.insurance_q += amount_q
-            out.append(ev.InsuranceFundChanged(self.now_ns, amount_q, self.insurance_q, "liquidation_fee", account_id))
-
-    def cover_shortfall(self, shortfall_q: int, account_id: int, out: list[ev.Event]) -> None:
-        """Draw a bankrupt bucket's shortfall from the fund; what it cannot cover is socialised."""
-        draw = min(shortfall_q, max(self.insurance_q, 0))
-        if draw:
-            self.insurance_q -= draw
-            out.append(ev.InsuranceFundChanged(self.now_ns, -draw, self.insurance_q, "shortfall", account_id))
-        rest = shortfall_q - draw
-        if rest:
-            self.socialized_q += rest
-            out.append(ev.BadDebtSocialized(self.now_ns, account_id, rest))
+    def fund_fee(self, amount_q: int, account_id: int, out: list[ev.Event], market: int = -1) -> None:
+        """A liquidation penalty into the insurance fund (the market's own one, if it has one)."""
+        fund = wfl.MAIN_FUND if market < 0 else self.wf.fund_of_market(market)
+        self.wf.fund_in(fund, amount_q, "liquidation_fee", account_id, out)
 
     # --- integrity ------------------------------------------------------------------------------
 
@@ -1332,7 +1444,7 @@ class Engine:
         total = int(self.bal[: self.n_acc, c].astype(object).sum()) if self.n_acc else 0
         if c == self.quote_c:
             total += int(self.pos_iso_margin[: self.n_pos].astype(object).sum()) if self.n_pos else 0
-            total += self.insurance_q - self.cfg.insurance_fund_quote_q + self.fees_q + self.clearing_q
+            total += sum(self.wf.funds.values()) - self.wf.seed_total + self.fees_q + self.clearing_q
             total -= self.socialized_q
         return total
 
@@ -1374,8 +1486,8 @@ class Engine:
                 "index_hist": sorted((a, list(h)) for a, h in self.index_hist.items()),
                 "halted": sorted(self.halted.items()),
             },
+            "waterfall": self.wf.state(),
             "ledgers": {
-                "insurance_q": self.insurance_q,
                 "fees_q": self.fees_q,
                 "clearing_q": self.clearing_q,
                 "socialized_q": self.socialized_q,
@@ -1422,7 +1534,8 @@ class Engine:
         eng.index_hist = {a: [tuple(x) for x in h] for a, h in o["index_hist"]}
         eng.halted = dict(o["halted"])
         led = state["ledgers"]
-        eng.insurance_q, eng.fees_q, eng.clearing_q = led["insurance_q"], led["fees_q"], led["clearing_q"]
+        eng.wf.load(state["waterfall"])
+        eng.fees_q, eng.clearing_q = led["fees_q"], led["clearing_q"]
         eng.socialized_q = led["socialized_q"]
         eng.deposits, eng.withdrawals = list(led["deposits"]), list(led["withdrawals"])
         eng.seen_ids = set(state["seen_ids"])

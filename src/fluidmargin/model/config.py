@@ -8,14 +8,38 @@ from typing import Any
 
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.model.instruments import (
+    AuctionSpec,
     Bracket,
     BracketModel,
     CollateralAsset,
     FundingParams,
+    ImpactSpec,
+    LiquidationPolicy,
     OraclePolicy,
     PerpetualMarket,
     YieldSpec,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class BackstopSpec:
+    """The backstop liquidity vault: an engine-held account that LPs fund against shares.
+
+    It takes over positions no auction absorbed, at the market's discount, never beyond
+    ``max_notional_quote_q`` in total nor ``max_leverage`` x its equity; LPs' withdrawals are
+    claimable ``withdrawal_delay_ns`` after the request.
+    """
+
+    account_id: int = 2**62
+    max_notional_quote_q: int = 10**15
+    max_leverage: int = 5
+    withdrawal_delay_ns: int = 24 * 3600 * 10**9
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.account_id < 2**63 or self.max_notional_quote_q < 0:
+            raise ValidationError("backstop: account_id must be a 64-bit id, max_notional >= 0")
+        if self.max_leverage < 1 or self.withdrawal_delay_ns < 0:
+            raise ValidationError("backstop: max_leverage >= 1 and withdrawal_delay_ns >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +57,9 @@ class EngineConfig:
     liquidation: str = "close_at_mark"  # or "partial": close only what restores the target health
     liquidation_target_ppm: int = 100_000  # partial: equity >= (1 + 10 %) x maintenance afterwards
     liquidation_max_notional_quote_q: int = 0  # partial: at most this notional per position and event (0: no cap)
+    liquidation_max_account_notional_quote_q: int = 0  # at most this notional per account and window (0: no cap)
+    liquidation_account_window_ns: int = 60 * 10**9
+    backstop: BackstopSpec | None = None
     breaker_band_ppm: int = 0  # circuit breaker: halt new risk when the index range within the window
     breaker_window_ns: int = 300 * 10**9  # exceeds this band (0: off); divergent sources always halt
 
@@ -47,8 +74,10 @@ class EngineConfig:
             raise ValidationError("duplicate market symbols")
         if self.liquidation not in ("close_at_mark", "partial"):
             raise ValidationError(f"liquidation must be close_at_mark or partial, not {self.liquidation!r}")
-        if self.liquidation_max_notional_quote_q < 0:
-            raise ValidationError("liquidation_max_notional_quote_q must be >= 0")
+        if self.liquidation_max_notional_quote_q < 0 or self.liquidation_max_account_notional_quote_q < 0:
+            raise ValidationError("liquidation caps must be >= 0")
+        if self.liquidation_account_window_ns <= 0:
+            raise ValidationError("liquidation_account_window_ns must be positive")
         if self.breaker_band_ppm < 0 or self.breaker_window_ns <= 0:
             raise ValidationError("breaker_band_ppm must be >= 0 and breaker_window_ns > 0")
         if not 0 <= self.liquidation_target_ppm <= 10 * 1_000_000:
@@ -56,6 +85,8 @@ class EngineConfig:
         if not 0 <= self.at_risk_buffer_ppm <= self.at_risk_exit_ppm:
             raise ValidationError("need 0 <= at_risk_buffer_ppm <= at_risk_exit_ppm")
         for m in self.markets:
+            if m.liquidation.backstop and self.backstop is None:
+                raise ValidationError(f"market {m.symbol}: backstop liquidation needs a backstop vault configured")
             if m.margin.mm_on_entry:
                 raise ValidationError(f"market {m.symbol}: entry-notional maintenance is for quotes only")
 
@@ -79,9 +110,25 @@ class EngineConfig:
             m = dict(m)
             return BracketModel(**{**m, "brackets": tuple(Bracket(**b) for b in m["brackets"])})
 
+        def policy(p: dict[str, Any] | None) -> LiquidationPolicy:
+            if p is None:
+                return LiquidationPolicy()
+            imp = dict(p.get("impact", {}))
+            imp["book"] = tuple(tuple(lv) for lv in imp.get("book", ()))
+            return LiquidationPolicy(
+                **{**p, "auction": AuctionSpec(**p.get("auction", {})), "impact": ImpactSpec(**imp)}
+            )
+
         def market(m: dict[str, Any]) -> PerpetualMarket:
             m = dict(m)
-            return PerpetualMarket(**{**m, "margin": model(m["margin"]), "funding": FundingParams(**m["funding"])})
+            return PerpetualMarket(
+                **{
+                    **m,
+                    "margin": model(m["margin"]),
+                    "funding": FundingParams(**m["funding"]),
+                    "liquidation": policy(m.get("liquidation")),
+                }
+            )
 
         try:
             return EngineConfig(
@@ -96,6 +143,9 @@ class EngineConfig:
                 liquidation=d.get("liquidation", "close_at_mark"),
                 liquidation_target_ppm=d.get("liquidation_target_ppm", 100_000),
                 liquidation_max_notional_quote_q=d.get("liquidation_max_notional_quote_q", 0),
+                liquidation_max_account_notional_quote_q=d.get("liquidation_max_account_notional_quote_q", 0),
+                liquidation_account_window_ns=d.get("liquidation_account_window_ns", 60 * 10**9),
+                backstop=BackstopSpec(**d["backstop"]) if d.get("backstop") else None,
                 breaker_band_ppm=d.get("breaker_band_ppm", 0),
                 breaker_window_ns=d.get("breaker_window_ns", 300 * 10**9),
             )

@@ -144,6 +144,50 @@ class FundingSettleRequested(Event):
     is_input: ClassVar[bool] = True
 
 
+@dataclass(frozen=True, slots=True)
+class AuctionBid(Event):
+    """A liquidator takes up to ``size_base_q`` (> 0) of an auction's position at its current price.
+
+    ``limit_price_q`` bounds the price: the most it pays for a long, the least it sells a short at.
+    """
+
+    auction_id: str
+    account_id: int
+    size_base_q: int
+    limit_price_q: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class VaultDeposit(Event):
+    """An LP moves quote collateral from its account into the backstop vault, for shares."""
+
+    account_id: int
+    amount_q: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class VaultWithdrawalRequested(Event):
+    """An LP asks to redeem ``shares``; claimable after the vault's withdrawal delay."""
+
+    account_id: int
+    shares: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class VaultWithdrawalClaimed(Event):
+    """An LP redeems its matured withdrawal request at the share price of now."""
+
+    account_id: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
 # --- outputs ---------------------------------------------------------------------------------------
 
 
@@ -206,8 +250,98 @@ class PositionLiquidated(Event):
 class InsuranceFundChanged(Event):
     delta_quote_q: int
     balance_quote_q: int
-    reason: str
+    reason: str  # liquidation_fee, shortfall, auction, slippage, backstop, adl, keeper
     account_id: int
+    fund: str = "main"  # or the market of an isolated fund
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNetted(Event):
+    """One tick's liquidation closes of a market, netted: only ``net_base_q`` goes on to execution."""
+
+    market: str
+    sold_base_q: int  # closed longs (the protocol took them: it must sell)
+    bought_base_q: int  # closed shorts
+    net_base_q: int  # signed protocol inventory left to execute
+    price_q: int  # the mark the crossed part settled at
+    fund_pnl_quote_q: int = 0  # the crossed parts' rounding residue (only when nothing is left)
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationExecuted(Event):
+    """A liquidation order sent to the market under the impact model (slippage borne by the fund)."""
+
+    market: str
+    size_base_q: int  # signed protocol inventory executed (+ sold a long)
+    price_q: int
+    mark_q: int
+    slippage_quote_q: int
+    fund_pnl_quote_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionStarted(Event):
+    auction_id: str
+    market: str
+    size_base_q: int  # signed inventory on offer (+ a long for sale)
+    ref_price_q: int  # mark at the start
+    start_price_q: int
+    account_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionBidFilled(Event):
+    auction_id: str
+    account_id: int
+    size_base_q: int  # signed change to the bidder's position
+    price_q: int
+    fund_pnl_quote_q: int  # what the insurance fund made (+) or lost on this part
+    keeper_reward_quote_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionReset(Event):
+    auction_id: str
+    reason: str  # tail or cusp
+    ref_price_q: int
+    start_price_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionFinished(Event):
+    auction_id: str
+    how: str  # cleared or backstop
+
+
+@dataclass(frozen=True, slots=True)
+class BackstopTakeover(Event):
+    auction_id: str
+    market: str
+    size_base_q: int  # signed change to the vault's position
+    price_q: int
+    fund_pnl_quote_q: int
+
+
+@dataclass(frozen=True, slots=True)
+class AutoDeleveraged(Event):
+    """A counterparty's position reduced at the bankruptcy price to absorb a bankrupt account's loss."""
+
+    account_id: int
+    market: str
+    size_base_q: int  # signed change to the counterparty's position
+    price_q: int
+    rank: int  # 1 = head of the queue
+    bankrupt_account_id: int
+    fund_pnl_quote_q: int  # what the fund recovered from this reduction
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSharesChanged(Event):
+    account_id: int
+    shares_delta: int
+    amount_quote_q: int  # quote moved (+ into the vault)
+    total_shares: int
+    vault_equity_quote_q: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +363,7 @@ class BadDebtSocialized(Event):
 
     account_id: int
     amount_quote_q: int
+    fund: str = "main"  # the fund that ran dry
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -244,6 +379,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AccountsSeeded,
         ClockAdvanced,
         FundingSettleRequested,
+        AuctionBid,
+        VaultDeposit,
+        VaultWithdrawalRequested,
+        VaultWithdrawalClaimed,
         InputRejected,
         OraclePriceRejected,
         IndexPriceUpdated,
@@ -255,6 +394,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BadDebtSocialized,
         MarketHalted,
         MarketResumed,
+        BatchNetted,
+        LiquidationExecuted,
+        AuctionStarted,
+        AuctionBidFilled,
+        AuctionReset,
+        AuctionFinished,
+        BackstopTakeover,
+        AutoDeleveraged,
+        VaultSharesChanged,
     )
 }
 

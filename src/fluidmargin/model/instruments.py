@@ -134,6 +134,94 @@ class OraclePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AuctionSpec:
+    """Dutch auction of liquidated positions (MakerDAO Clipper/abaci parameters, in ppm).
+
+    The price starts at ``buf`` x the mark (a long is sold from above, a short bought back from
+    below: mirrored around the mark) and moves in the bidders' favour along ``curve``; past ``tail_s``
+    seconds or once the premium left is below ``cusp`` of the start, the auction is stale and resets
+    (or the backstop vault takes it over). Keeper incentive: ``tip`` + ``chip`` x tab, from the penalty.
+    """
+
+    curve: Literal["linear", "stairstep_exponential", "exponential"] = "linear"
+    buf_ppm: int = 1_020_000  # start 2 % through the mark
+    tail_s: int = 600
+    cusp_ppm: int = 950_000
+    tau_s: int = 1_200  # linear: reaches 0 after tau
+    cut_ppm: int = 990_000  # exponential: per-second (or per-step) factor
+    step_s: int = 10
+    chip_ppm: int = 1_000  # 0.1 % of the tab
+    tip_quote_q: int = 0
+
+    def __post_init__(self) -> None:
+        if not PPM <= self.buf_ppm <= 2 * PPM:
+            raise ValidationError("auction buf_ppm must be in [1e6, 2e6] (the mirrored short price stays positive)")
+        if not 0 <= self.cusp_ppm <= PPM or not 0 < self.cut_ppm <= PPM:
+            raise ValidationError("auction cusp_ppm must be in [0, 1e6] and cut_ppm in (0, 1e6]")
+        for name in ("tail_s", "tau_s", "step_s", "chip_ppm", "tip_quote_q"):
+            if getattr(self, name) < 0:
+                raise ValidationError(f"auction {name} must be >= 0")
+        if self.tau_s == 0 or self.step_s == 0:
+            raise ValidationError("auction tau_s and step_s must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class ImpactSpec:
+    """How a liquidation order moves the market: square-root impact or a depth curve.
+
+    ``sqrt``: price moves by coefficient x sigma x sqrt(size / daily volume). ``book``: levels of
+    (distance from the mark in ppm, size) walked best first; what is left fills at the last level.
+    """
+
+    model: Literal["sqrt", "book"] = "sqrt"
+    daily_volume_base_q: int = 10**14  # 1e6 BTC at 8 decimals
+    sigma_ppm: int = 30_000
+    coefficient_ppm: int = 1_000_000
+    book: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.model not in ("sqrt", "book"):
+            raise ValidationError("impact model must be sqrt or book")
+        if self.daily_volume_base_q <= 0 or self.sigma_ppm < 0 or self.coefficient_ppm < 0:
+            raise ValidationError("impact: daily volume must be positive, sigma and coefficient >= 0")
+        if self.model == "book" and not self.book:
+            raise ValidationError("impact: a book model needs levels")
+        for off, qty in self.book:
+            if not 0 <= off < PPM or qty <= 0:
+                raise ValidationError("impact: book levels need 0 <= distance < 1e6 ppm and positive size")
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationPolicy:
+    """How a market's liquidations are executed once sized (the waterfall, per market).
+
+    ``execution``: ``mark`` (the clearing takes the position at the mark), ``impact`` (sent to the
+    market, slippage per ``impact``) or ``auction`` (a Dutch auction per ``auction``). ``batch`` nets a
+    tick's closes (longs against shorts) and executes only the net. ``backstop``: the vault takes
+    over stale auctions. ``own_fund``: the market has its own insurance fund (seeded with
+    ``own_fund_quote_q``). ``adl``: auto-deleverage when the fund cannot cover a shortfall.
+    """
+
+    execution: Literal["mark", "impact", "auction"] = "mark"
+    batch: bool = False
+    auction: AuctionSpec = field(default_factory=AuctionSpec)
+    impact: ImpactSpec = field(default_factory=ImpactSpec)
+    backstop: bool = False
+    backstop_discount_ppm: int = 20_000
+    own_fund: bool = False
+    own_fund_quote_q: int = 0
+    adl: bool = True
+
+    def __post_init__(self) -> None:
+        if self.execution not in ("mark", "impact", "auction"):
+            raise ValidationError(f"liquidation execution must be mark, impact or auction, not {self.execution!r}")
+        if not 0 <= self.backstop_discount_ppm < PPM:
+            raise ValidationError("backstop_discount_ppm must be in [0, 1e6)")
+        if self.own_fund_quote_q < 0 or (self.own_fund_quote_q and not self.own_fund):
+            raise ValidationError("own_fund_quote_q must be >= 0 and needs own_fund")
+
+
+@dataclass(frozen=True, slots=True)
 class PerpetualMarket:
     """A linear, quote-margined perpetual swap on ``base_asset``."""
 
@@ -145,6 +233,7 @@ class PerpetualMarket:
     funding: FundingParams = field(default_factory=FundingParams)
     liquidation_fee_ppm: int = 5_000
     mark_rule: Literal["index", "median3"] = "index"
+    liquidation: LiquidationPolicy = field(default_factory=LiquidationPolicy)
     kind: Literal["perpetual"] = "perpetual"
 
     def __post_init__(self) -> None:

@@ -281,9 +281,7 @@ def _position(obj: Mapping[str, Any], model: BracketModel, prefix: str = "") -> 
         mark_raw, mark_name = obj["entry_price"], prefix + "entry_price"
     mark = _price_q(_to_decimal(mark_raw, mark_name), mark_name, Rounding.FLOOR if long else Rounding.CEIL)
     cost = value_quote_q(size, entry, sd, Rounding.CEIL)
-    entry_notional = check_bounds(
-        prefix + "entry notional", value_quote_q(size_abs, entry, sd, Rounding.CEIL)
-    )
+    entry_notional = check_bounds(prefix + "entry notional", value_quote_q(size_abs, entry, sd, Rounding.CEIL))
     check_bounds(prefix + "notional at mark", value_quote_q(size_abs, mark, sd, Rounding.CEIL))
     return _Position(model, size, sd, entry, mark, cost, entry_notional)
 
@@ -339,9 +337,7 @@ def quote(obj: Mapping[str, Any]) -> dict[str, Any]:
         leverage = bracket_for(model, risk.notional_quote_q).max_leverage
     else:
         leverage = _whole(_to_decimal(obj["leverage"], "leverage"), "leverage")
-    im = initial_quote_q(
-        model, risk.notional_quote_q, leverage, abs(pos.size_base_q), pos.size_decimals, open_interest
-    )
+    im = initial_quote_q(model, risk.notional_quote_q, leverage, abs(pos.size_base_q), pos.size_decimals, open_interest)
     # bucket equity at p is collateral + others' PnL - this position's cost + size * p
     fixed_equity = collateral + others_upnl - pos.cost_quote_q
     liq = liquidation_price_q(

@@ -108,9 +108,7 @@ def _read_text(path: Path) -> tuple[str, str]:
             with zipfile.ZipFile(path) as zf:
                 members = [n for n in zf.namelist() if not n.endswith("/")]
                 if len(members) != 1:
-                    raise InputFileError(
-                        str(path), 0, f"expected one member in the zip archive, found {len(members)}"
-                    )
+                    raise InputFileError(str(path), 0, f"expected one member in the zip archive, found {len(members)}")
                 data = zf.read(members[0])
                 where = f"{path}[{members[0]}]"
         elif path.suffix == ".gz":
@@ -180,9 +178,7 @@ class _Rows:
         ts = _check_ts(self.where, line, ts_s)
         if scale_us and ts > _US_THRESHOLD:
             ts //= 1000
-        o, h, lo, c = (
-            _check_price(self.where, line, n, s) for n, s in zip(PRICE_COLUMNS, prices, strict=True)
-        )
+        o, h, lo, c = (_check_price(self.where, line, n, s) for n, s in zip(PRICE_COLUMNS, prices, strict=True))
         fo, fh, fl, fc = float(o), float(h), float(lo), float(c)
         if fl > min(fo, fc) or fh < max(fo, fc) or fl > fh:
             raise InputFileError(
@@ -208,9 +204,7 @@ class _Rows:
             raise InputFileError(self.where, 0, "no candles in the file")
         text = {n: np.array(col, dtype=object) for n, col in zip(PRICE_COLUMNS, self.cols, strict=True)}
         fl = {n: np.array(col, dtype=np.float64) for n, col in zip(PRICE_COLUMNS, self.cols, strict=True)}
-        return Candles(
-            path, np.array(self.ts, dtype=np.int64), fl["open"], fl["high"], fl["low"], fl["close"], text
-        )
+        return Candles(path, np.array(self.ts, dtype=np.int64), fl["open"], fl["high"], fl["low"], fl["close"], text)
 
 
 # --- candles -------------------------------------------------------------------------------------
@@ -276,9 +270,7 @@ def _parse_json(text: str, where: str, path: str) -> Candles:
     except json.JSONDecodeError as e:
         raise InputFileError(where, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(data, list):
-        raise InputFileError(
-            where, 1, "expected a JSON list of [timestamp_ms, open, high, low, close, volume]"
-        )
+        raise InputFileError(where, 1, "expected a JSON list of [timestamp_ms, open, high, low, close, volume]")
     rows = _Rows(where)
     starts = [m.start() for m in _ROW_START.finditer(text)]  # where each inner list opens, for line numbers
     for i, row in enumerate(data):
@@ -349,6 +341,4 @@ def load_funding(path: str | Path) -> Funding:
         texts.append(r)
     if not ts:
         raise InputFileError(where, 0, "no funding rows in the file")
-    return Funding(
-        str(p), np.array(ts, dtype=np.int64), np.array(rates, dtype=np.int64), np.array(texts, dtype=object)
-    )
+    return Funding(str(p), np.array(ts, dtype=np.int64), np.array(rates, dtype=np.int64), np.array(texts, dtype=object))

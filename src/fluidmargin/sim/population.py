@@ -64,11 +64,7 @@ def _imf(
     if mdl.sqrt_imf_factor_ppm:
         base = np.ceil(imf * PPM)
         size_1e9 = size_abs.astype(np.float64) * 10.0 ** (9 - spec.size_decimals)
-        prem = (
-            base
-            - np.floor(base / 5)
-            + np.floor(np.sqrt(size_1e9 * 10 + 1)) * mdl.sqrt_imf_factor_ppm / 100_000
-        )
+        prem = base - np.floor(base / 5) + np.floor(np.sqrt(size_1e9 * 10 + 1)) * mdl.sqrt_imf_factor_ppm / 100_000
         imf = np.maximum(base, prem) / PPM
     if mdl.oi_lower_quote_q is not None and mdl.oi_upper_quote_q is not None:
         scaling = (oi_q - mdl.oi_lower_quote_q) / (mdl.oi_upper_quote_q - mdl.oi_lower_quote_q)
@@ -140,9 +136,7 @@ def build_population(
     )
     price = np.array([prices_q[s] for s in symbols], dtype=np.int64)[pos_mi]
     sd = np.array([specs[s].size_decimals for s in symbols], dtype=np.int64)[pos_mi]
-    size_abs = np.maximum(np.round(notional_usd / (price / 10.0**PRICE_DECIMALS) * 10.0**sd), 1).astype(
-        np.int64
-    )
+    size_abs = np.maximum(np.round(notional_usd / (price / 10.0**PRICE_DECIMALS) * 10.0**sd), 1).astype(np.int64)
     size = side * size_abs
 
     # float initial margin of each position, per market
@@ -155,9 +149,7 @@ def build_population(
         spec = specs[s]
         long_oi = float((existing_long_oi_base_q or {}).get(s, 0)) + float(size_abs[sel & (side > 0)].sum())
         oi_q = long_oi * prices_q[s] / 10.0 ** (spec.size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS)
-        im[sel] = (
-            np.minimum(_imf(spec, notional_q[sel], lev[sel], size_abs[sel], oi_q), 1.0) * notional_q[sel]
-        )
+        im[sel] = np.minimum(_imf(spec, notional_q[sel], lev[sel], size_abs[sel], oi_q), 1.0) * notional_q[sel]
     need = np.ceil(im * (1.0 + SAFETY)) + SLACK_Q
     # isolated margin, and the cross requirement of each account
     iso_margin = np.where(iso == 1, np.ceil(need * (1.0 + p.iso_cushion_max * rng.random(npos))), 0.0)

@@ -137,9 +137,7 @@ class Collector:
         eq = np.concatenate([eq_c[mm_c > 0], eq_i[mm_i > 0]])
         ratio = np.where(eq > 0, mm / np.where(eq > 0, eq, 1.0), np.inf)
         med, p95 = np.percentile(ratio, [50, 95]) if len(ratio) else (np.nan, np.nan)
-        at_risk = int(
-            np.count_nonzero(eng.status[:n] == AT_RISK) + np.count_nonzero(eng.pos_status[:k] == AT_RISK)
-        )
+        at_risk = int(np.count_nonzero(eng.status[:n] == AT_RISK) + np.count_nonzero(eng.pos_status[:k] == AT_RISK))
         self.rows.append(
             [
                 float((self.bucket or 0) * self.step_ns),
@@ -154,9 +152,7 @@ class Collector:
                 eng.socialized_q / QUOTE_SCALE,
             ]
         )
-        self.price_rows.append(
-            [eng.index_q.get(a, 0) / 10.0**PRICE_DECIMALS or float("nan") for a in eng.assets]
-        )
+        self.price_rows.append([eng.index_q.get(a, 0) / 10.0**PRICE_DECIMALS or float("nan") for a in eng.assets])
         self.liq_count = 0
         self.liq_notional_q = 0
 

@@ -86,9 +86,7 @@ class Scenario:
         )
 
     def events(self) -> Iterator[ev.Event]:
-        return replay_events(
-            self.config, self.candles, self.funding, self.population, self.path, self.clock_every_s
-        )
+        return replay_events(self.config, self.candles, self.funding, self.population, self.path, self.clock_every_s)
 
     def count(self) -> int:
         """How many inputs :meth:`events` yields (for progress bars)."""
@@ -160,9 +158,7 @@ def _plan(
     for a, f in (funding or {}).items():
         if a in candles:
             mkt = _market_of(config, a)
-            side.extend(
-                (t, 0, ev.FundingRatePublished(t, mkt, r)) for t, r in _funding_schedule(f, t_seed, t_end)
-            )
+            side.extend((t, 0, ev.FundingRatePublished(t, mkt, r)) for t, r in _funding_schedule(f, t_seed, t_end))
     if clock_every_s > 0:
         step = clock_every_s * 10**9
         t = (t_seed // step + 1) * step

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from fluidmargin.core.units import QUOTE_SCALE
-from fluidmargin.model.config import EngineConfig
+from fluidmargin.model.config import BackstopSpec, EngineConfig
 from fluidmargin.model.instruments import (
+    AuctionSpec,
     BracketModel,
     CollateralAsset,
     FundingParams,
+    ImpactSpec,
+    LiquidationPolicy,
     OraclePolicy,
     PerpetualMarket,
     YieldSpec,
@@ -41,8 +44,14 @@ def perp_venue(
     staleness_s: int = 120,
     yield_collateral: bool = False,
     liquidation: str = "close_at_mark",
+    policies: dict[str, LiquidationPolicy] | None = None,
+    backstop: BackstopSpec | None = None,
 ) -> EngineConfig:
-    """USD-margined perpetuals on ``assets`` with one shared tier preset."""
+    """USD-margined perpetuals on ``assets`` with one shared tier preset.
+
+    ``policies`` gives a market's liquidation waterfall by base asset (default: execution at mark).
+    """
+    policies = policies or {}
     markets = tuple(
         PerpetualMarket(
             symbol=f"{a}-PERP",
@@ -50,6 +59,7 @@ def perp_venue(
             size_decimals=8,
             margin=margin_model(preset, a),
             funding=FundingParams(source=funding_source),  # type: ignore[arg-type]
+            liquidation=policies.get(a, LiquidationPolicy()),
         )
         for a in assets
     )
@@ -73,4 +83,35 @@ def perp_venue(
         default_oracle=policy,
         insurance_fund_quote_q=insurance_fund_usd * QUOTE_SCALE,
         liquidation=liquidation,
+        backstop=backstop,
+    )
+
+
+def waterfall_venue(
+    assets: tuple[str, ...] = ("BTC", "ETH"), insurance_fund_usd: int = 100_000, preset: str = "binance"
+) -> EngineConfig:
+    """The full waterfall: partial closes, batched per tick; BTC by Dutch auction with the backstop
+    vault behind it, ETH sent to the market under square-root impact with its own insurance fund."""
+    policies = {
+        "BTC": LiquidationPolicy(
+            execution="auction",
+            batch=True,
+            auction=AuctionSpec(curve="exponential", buf_ppm=1_010_000, tail_s=300, cusp_ppm=960_000, cut_ppm=999_000),
+            backstop=True,
+        ),
+        "ETH": LiquidationPolicy(
+            execution="impact",
+            batch=True,
+            impact=ImpactSpec("sqrt", daily_volume_base_q=2 * 10**14, sigma_ppm=40_000),
+            own_fund=True,
+            own_fund_quote_q=insurance_fund_usd * QUOTE_SCALE // 10,
+        ),
+    }
+    return perp_venue(
+        assets,
+        preset=preset,
+        insurance_fund_usd=insurance_fund_usd,
+        liquidation="partial",
+        policies=policies,
+        backstop=BackstopSpec(),
     )
