@@ -54,9 +54,7 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def build(
-    n_accounts: int, seed: int, preset: str, screen: str = "incremental"
-) -> tuple[Engine, ev.AccountsSeeded]:
+def build(n_accounts: int, seed: int, preset: str, screen: str = "incremental") -> tuple[Engine, ev.AccountsSeeded]:
     cfg = perp_venue(tuple(ASSETS), preset=preset)
     eng = Engine(cfg, screen=screen)
     for i, (a, p) in enumerate(ASSETS.items()):

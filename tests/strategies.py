@@ -50,9 +50,7 @@ def base(x: str | int, decimals: int = 8) -> int:
     return int(Decimal(str(x)) * 10**decimals)
 
 
-WSTETH_DECIMALS = next(
-    c.decimals for c in perp_venue(yield_collateral=True).collateral if c.symbol == "wstETH"
-)
+WSTETH_DECIMALS = next(c.decimals for c in perp_venue(yield_collateral=True).collateral if c.symbol == "wstETH")
 
 
 def wsteth(x: str | int | Decimal) -> int:
@@ -80,6 +78,13 @@ VENUES: dict[str, Callable[[], EngineConfig]] = {
         waterfall_venue(insurance_fund_usd=200),
         backstop=BackstopSpec(max_notional_quote_q=usd(200_000), max_leverage=5, withdrawal_delay_ns=600 * NS),
         liquidation_max_account_notional_quote_q=usd(150_000),
+    ),
+    # the exact mass-liquidation kernels on every evaluation (from 1 bucket, not 256)
+    "kernel-partial": lambda: dataclasses.replace(
+        waterfall_venue(insurance_fund_usd=200), backstop=BackstopSpec(), mass_close_min=1
+    ),
+    "kernel-small-fund": lambda: dataclasses.replace(
+        perp_venue(("BTC", "ETH"), insurance_fund_usd=50), mass_close_min=1
     ),
     # auctions one by one (linear and stair-step), a book-depth impact model, a tiny fund: ADL
     "auction-adl": lambda: perp_venue(
@@ -114,9 +119,7 @@ class Desk:
     scenario reads as a list of actions. ``desk.records`` keeps every ``(seq, event)`` returned.
     """
 
-    def __init__(
-        self, cfg: EngineConfig, screen: str = "incremental", t0: int = NS, step_ns: int = 10**6
-    ) -> None:
+    def __init__(self, cfg: EngineConfig, screen: str = "incremental", t0: int = NS, step_ns: int = 10**6) -> None:
         self.cfg = cfg
         self.eng = Engine(cfg, screen)
         self.t = t0
@@ -147,14 +150,10 @@ class Desk:
     def price(self, asset: str, text: str, source: str = "s1", **kw: int) -> list[ev.Event]:
         return self.apply(ev.PriceObserved(self.tick(), source, asset, text, **kw))
 
-    def fill(
-        self, account_id: int, market: str, size_base_q: int, price_q: int, **kw: object
-    ) -> list[ev.Event]:
+    def fill(self, account_id: int, market: str, size_base_q: int, price_q: int, **kw: object) -> list[ev.Event]:
         return self.apply(ev.TradeFilled(self.tick(), account_id, market, size_base_q, price_q, **kw))  # type: ignore[arg-type]
 
-    def pair(
-        self, buyer: int, seller: int, market: str, size_base_q: int, price_q: int, **kw: object
-    ) -> None:
+    def pair(self, buyer: int, seller: int, market: str, size_base_q: int, price_q: int, **kw: object) -> None:
         """A paired fill: ``buyer`` gets +size and ``seller`` -size at the same price and time."""
         ts = self.tick()
         for who, s in ((buyer, size_base_q), (seller, -size_base_q)):
@@ -192,22 +191,11 @@ class Desk:
 def state_diff(a: object, b: object, path: str = "") -> list[str]:
     """Paths where two ``Engine.state_dict()`` values differ (empty when equal)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [
-            d for k in sorted(set(a) | set(b), key=str) for d in state_diff(a.get(k), b.get(k), f"{path}/{k}")
-        ]
-    if (
-        isinstance(a, list)
-        and isinstance(b, list)
-        and len(a) == len(b)
-        and any(isinstance(x, dict) for x in a)
-    ):
-        return [
-            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in state_diff(x, y, f"{path}[{i}]")
-        ]
+        return [d for k in sorted(set(a) | set(b), key=str) for d in state_diff(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(x, dict) for x in a):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in state_diff(x, y, f"{path}[{i}]")]
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        same = (
-            isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and (a == b).all()
-        )
+        same = isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and (a == b).all()
         return [] if same else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
@@ -219,9 +207,7 @@ def of_type(out: list[ev.Event], cls: type) -> list:
 def without_funding(cfg: EngineConfig) -> EngineConfig:
     """The same venue with a zero interest rate: with mark == index no funding accrues, so
     scenario arithmetic is exact to the quantum however much event time passes."""
-    return replace(
-        cfg, markets=tuple(replace(m, funding=replace(m.funding, interest_e9=0)) for m in cfg.markets)
-    )
+    return replace(cfg, markets=tuple(replace(m, funding=replace(m.funding, interest_e9=0)) for m in cfg.markets))
 
 
 # --- abstract steps ---------------------------------------------------------------------------
@@ -379,9 +365,7 @@ step_strategy: st.SearchStrategy[Step] = st.one_of(
         ),
     ),
     st.builds(Settle, st.integers(0, 7)),
-    st.builds(
-        Seed, st.integers(1, 3), st.integers(0, 1), leverages, st.booleans(), st.integers(100_000, 900_000)
-    ),
+    st.builds(Seed, st.integers(1, 3), st.integers(0, 1), leverages, st.booleans(), st.integers(100_000, 900_000)),
     st.builds(Bad, st.integers(0, N_BAD_KINDS - 1), st.integers(0, 7)),
     st.builds(
         Bid,
@@ -515,9 +499,7 @@ class _Builder:
         ts = self.step_time()
         self.src_ts[(asset, source)] = ts
         self.emit(
-            ev.PriceObserved(
-                ts, source, asset, format_decimal(max(price_q, 1), PRICE_DECIMALS), event_id=self._id()
-            )
+            ev.PriceObserved(ts, source, asset, format_decimal(max(price_q, 1), PRICE_DECIMALS), event_id=self._id())
         )
 
     # -- prelude: prices and two funded accounts --
@@ -546,9 +528,7 @@ class _Builder:
         if s.yield_token and self.yield_c is not None:
             # 0.001 to 50 wstETH
             self.emit(
-                ev.Deposited(
-                    self.step_time(), aid, "wstETH", wsteth(Decimal(s.amount) / 1000), event_id=self._id()
-                )
+                ev.Deposited(self.step_time(), aid, "wstETH", wsteth(Decimal(s.amount) / 1000), event_id=self._id())
             )
         else:
             self.emit(ev.Deposited(self.step_time(), aid, "USD", usd(s.amount), event_id=self._id()))
@@ -566,11 +546,7 @@ class _Builder:
     def _refresh(self, asset: str) -> None:
         idx = self.eng.index_q.get(asset)
         ts = self.eng.index_ts.get(asset)
-        if (
-            idx is not None
-            and ts is not None
-            and self.t + 1_000_000 - ts > self.cfg.policy(asset).max_staleness_ns
-        ):
+        if idx is not None and ts is not None and self.t + 1_000_000 - ts > self.cfg.policy(asset).max_staleness_ns:
             self.price_text(asset, idx)
 
     def pair_fill(self, s: PairFill) -> None:
@@ -606,9 +582,7 @@ class _Builder:
                     free = eng.cross_risk(r).equity_quote_q - eng.cross_initial(r)
                 caps.append(max(free, 0) * min(lev, m.spec.margin.brackets[0].max_leverage, 50))
             notional_q = min(caps) * s.frac_ppm // 10**6
-            size_a = (
-                notional_q * 10**m.spec.size_decimals * 10**PRICE_DECIMALS // (price * 10**QUOTE_DECIMALS)
-            )
+            size_a = notional_q * 10**m.spec.size_decimals * 10**PRICE_DECIMALS // (price * 10**QUOTE_DECIMALS)
             size_a = max(size_a, 1) * (1 if s.buy else -1)
         legs = []
         for who, r, size, lev, iso in ((a, ra, size_a, s.lev_a, s.iso_a), (b, rb, -size_a, s.lev_b, s.iso_b)):
@@ -622,9 +596,7 @@ class _Builder:
             if iso and (cur == 0 or (cur > 0) == (size > 0)):
                 iso_margin = int(eng.bal[r, eng.quote_c]) * s.iso_frac_ppm // 10**6
                 iso_margin = max(iso_margin, 0)
-            increases = abs(cur + size) > abs(cur) or (
-                cur != 0 and (cur > 0) != (cur + size > 0) and cur + size != 0
-            )
+            increases = abs(cur + size) > abs(cur) or (cur != 0 and (cur > 0) != (cur + size > 0) and cur + size != 0)
             fee = div_round(
                 abs(size) * price * s.fee_ppm,
                 10 ** (m.spec.size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS) * 10**6,
@@ -736,9 +708,7 @@ class _Builder:
         ids, deps, pa, mk, sz, pr, iso, isom, levs = [], [], [], [], [], [], [], [], []
         dep_q = usd(2_000 + s.frac_ppm // 100)
         notional_q = dep_q * lev * s.frac_ppm // 10**6 // 2
-        size = max(
-            1, notional_q * 10**m.spec.size_decimals * 10**PRICE_DECIMALS // (m.mark_q * 10**QUOTE_DECIMALS)
-        )
+        size = max(1, notional_q * 10**m.spec.size_decimals * 10**PRICE_DECIMALS // (m.mark_q * 10**QUOTE_DECIMALS))
         for j in range(2 * s.pairs):
             aid = 1 + len(self.accounts) + j
             ids.append(aid)
@@ -751,9 +721,7 @@ class _Builder:
             isom.append(dep_q // 2 if s.iso and j % 2 == 0 else 0)
             levs.append(lev)
         out = self.emit(
-            ev.AccountsSeeded(
-                self.step_time(), ids, deps, pa, mk, sz, pr, iso, isom, levs, event_id=self._id()
-            )
+            ev.AccountsSeeded(self.step_time(), ids, deps, pa, mk, sz, pr, iso, isom, levs, event_id=self._id())
         )
         if not self.rejected(out):
             self.accounts.extend(ids)
@@ -765,9 +733,7 @@ class _Builder:
         if k == 0:
             self.emit(ev.Deposited(t, 999_999, "USD", usd(10), event_id=self._id()))
         elif k == 1:
-            self.emit(
-                ev.PriceObserved(t, "s1", "BTC", BAD_PRICES[s.who % len(BAD_PRICES)], event_id=self._id())
-            )
+            self.emit(ev.PriceObserved(t, "s1", "BTC", BAD_PRICES[s.who % len(BAD_PRICES)], event_id=self._id()))
         elif k == 2:
             self.emit(ev.ClockAdvanced(self.eng.now_ns - 1, event_id=self._id()))
         elif k == 3:

@@ -43,7 +43,8 @@ def accepted(records: list[tuple[int, ev.Event]]) -> bool:
 
 
 def outputs(records: list[tuple[int, ev.Event]]) -> list[ev.Event]:
-    return [o for _, o in records[1:]]
+    """The outputs, with the mass-liquidation kernel's columnar events expanded per account."""
+    return ev.expand([o for _, o in records[1:]])
 
 
 def open_buckets(eng: Engine) -> list[Bucket]:
@@ -99,23 +100,14 @@ class Freshness:
         ok = accepted(recs)
         outs = outputs(recs)
         rows: set[int] = set()
-        if ok and isinstance(
-            e, ev.Deposited | ev.WithdrawalRequested | ev.TradeFilled | ev.FundingSettleRequested
-        ):
+        if ok and isinstance(e, ev.Deposited | ev.WithdrawalRequested | ev.TradeFilled | ev.FundingSettleRequested):
             r = eng.row(e.account_id)
             if r is not None:
                 rows.add(r)
         if ok and isinstance(e, ev.AccountsSeeded):
             rows |= {r for a in e.account_ids if (r := eng.row(a)) is not None}
-        rows |= {
-            r
-            for o in outs
-            if isinstance(o, ev.PositionLiquidated)
-            if (r := eng.row(o.account_id)) is not None
-        }
-        revalued = {
-            c for o in outs if isinstance(o, ev.IndexPriceUpdated) for c in eng.coll_of_asset.get(o.asset, [])
-        }
+        rows |= {r for o in outs if isinstance(o, ev.PositionLiquidated) if (r := eng.row(o.account_id)) is not None}
+        revalued = {c for o in outs if isinstance(o, ev.IndexPriceUpdated) for c in eng.coll_of_asset.get(o.asset, [])}
         if ok and isinstance(e, ev.ClockAdvanced):
             revalued |= {c for c, spec in enumerate(eng.coll) if spec.yield_spec is not None}
         rows |= {r for r in range(eng.n_acc) if holds_collateral(eng, r) & revalued}
@@ -247,9 +239,7 @@ def clearing_surplus(eng: Engine, house: House) -> Fraction:
             continue
         m = eng.markets[int(eng.pos_mkt[p])]
         z += int(eng.pos_cost[p])
-        z += Fraction(
-            s * (m.fidx - int(eng.pos_fidx[p])) * QUOTE_SCALE, 10**m.spec.size_decimals * FUNDING_SCALE
-        )
+        z += Fraction(s * (m.fidx - int(eng.pos_fidx[p])) * QUOTE_SCALE, 10**m.spec.size_decimals * FUNDING_SCALE)
     return z
 
 
@@ -416,6 +406,8 @@ REACHED = {
     "binance-small-fund": ("AutoDeleveraged",),
     "no-adl": ("BadDebtSocialized",),
     "waterfall": ("BatchNetted", "AuctionStarted", "AuctionBidFilled", "LiquidationExecuted", "VaultSharesChanged"),
+    "kernel-partial": ("PositionsLiquidated", "BatchNetted", "AuctionBidFilled"),
+    "kernel-small-fund": ("PositionsLiquidated", "AutoDeleveraged"),
     "auction-adl": ("AuctionStarted", "AuctionBidFilled", "AutoDeleveraged", "LiquidationExecuted"),
 }
 

@@ -112,8 +112,7 @@ def test_healthy_at_risk_liquidating_healthy_by_closing_one_of_two_cross_positio
         ("cross", "liquidating", "healthy", usd("56.7")),
     ]
     assert [
-        (o.market, o.size_base_q, o.realized_pnl_quote_q, o.fee_quote_q)
-        for o in of_type(out, ev.PositionLiquidated)
+        (o.market, o.size_base_q, o.realized_pnl_quote_q, o.fee_quote_q) for o in of_type(out, ev.PositionLiquidated)
     ] == [("BTC-PERP", base("0.2"), -usd(1_340), usd("43.3"))]
     assert d.eng.pos_size[d.pos(ALICE, "ETH-PERP")] == base(1)  # the ETH position survives
     assert d.status(ALICE) == HEALTHY
@@ -147,14 +146,10 @@ def test_a_gap_through_zero_equity_ends_bankrupt_and_the_shortfall_is_covered(
         ("cross", "healthy", "liquidating", -usd("69.2")),
         ("cross", "liquidating", "bankrupt", 0),
     ]
-    assert [(o.realized_pnl_quote_q, o.fee_quote_q) for o in of_type(out, ev.PositionLiquidated)] == [
-        (-usd(200), 0)
-    ]
+    assert [(o.realized_pnl_quote_q, o.fee_quote_q) for o in of_type(out, ev.PositionLiquidated)] == [(-usd(200), 0)]
     draws = [o for o in of_type(out, ev.InsuranceFundChanged) if o.reason == "shortfall"]
     assert [o.delta_quote_q for o in draws] == ([-fund_pays_q] if fund_pays_q else [])
-    assert [o.amount_quote_q for o in of_type(out, ev.BadDebtSocialized)] == (
-        [socialised_q] if socialised_q else []
-    )
+    assert [o.amount_quote_q for o in of_type(out, ev.BadDebtSocialized)] == ([socialised_q] if socialised_q else [])
     assert d.eng.insurance_q == usd(fund_usd) - fund_pays_q
     assert d.status(ALICE) == BANKRUPT
     assert d.cross(ALICE).equity_quote_q == 0  # the shortfall was put back: balance 0, no debt left
@@ -195,9 +190,7 @@ def test_an_isolated_loss_does_not_touch_the_cross_balance(binance_no_funding: D
         ("isolated:ETH-PERP", "healthy", "liquidating", -usd(150) - usd("10.8")),  # mm 2,700 * 0.4 % = 10.8
         ("isolated:ETH-PERP", "liquidating", "healthy", 0),  # closed: the bucket is gone
     ]
-    assert [o.delta_quote_q for o in of_type(out, ev.InsuranceFundChanged) if o.reason == "shortfall"] == [
-        -usd(150)
-    ]
+    assert [o.delta_quote_q for o in of_type(out, ev.InsuranceFundChanged) if o.reason == "shortfall"] == [-usd(150)]
     assert int(d.eng.bal[d.row(ALICE), 0]) == cross_balance
     assert d.eng.pos_size[d.pos(ALICE, "BTC-PERP")] == base("0.1")
     assert d.status(ALICE) == HEALTHY
@@ -377,9 +370,7 @@ def test_a_seeded_position_owes_no_funding_for_the_time_before_it_existed() -> N
     d.price("BTC", "50000")  # fresh again, same index: the funding index is not accrued here
     # seed alice long 1 BTC @ 50,000 with 10,000 USD (IM 5,000), then one nanosecond passes
     d.apply(
-        ev.AccountsSeeded(
-            d.tick(), [ALICE], [usd(10_000)], [0], ["BTC-PERP"], [base(1)], [px(50_000)], [0], [0], [10]
-        )
+        ev.AccountsSeeded(d.tick(), [ALICE], [usd(10_000)], [0], ["BTC-PERP"], [base(1)], [px(50_000)], [0], [0], [10])
     )
     d.clock(1)
     # in one nanosecond 1 BTC owes 50,000 x 0.0001 / 28,800e9 = 1.7e-13 USD, which the long pays rounded
@@ -415,9 +406,7 @@ def yield_venue() -> Desk:
         pytest.param(YEAR, usd("2794.5"), id="one-year"),
     ],
 )
-def test_yield_collateral_gains_its_apr_with_the_weight_haircut(
-    yield_venue: Desk, at_ns: int, value_q: int
-) -> None:
+def test_yield_collateral_gains_its_apr_with_the_weight_haircut(yield_venue: Desk, at_ns: int, value_q: int) -> None:
     d = yield_venue
     d.price("WSTETH", "4000")  # the market above fair: fair value applies
     d.open(ALICE)
@@ -486,14 +475,10 @@ def test_a_stale_price_blocks_opening_and_withdrawals_but_still_margins(
     assert statuses(d.price("BTC", "43450")) == [("cross", "healthy", "at_risk", usd("21.375"))]
     d.t += 121 * NS  # max staleness is 120 s: no BTC or ETH price since
     opening = d.fill(ALICE, "BTC-PERP", base("0.01"), px(43_450), leverage=10)
-    assert [o.reason for o in of_type(opening, ev.InputRejected)] == [
-        "oracle for BTC is STALE: open not allowed"
-    ]
+    assert [o.reason for o in of_type(opening, ev.InputRejected)] == ["oracle for BTC is STALE: open not allowed"]
     d.deposit(BOB, usd(1))
     withdrawal = d.withdraw(BOB, usd(1))
-    assert [o.reason for o in of_type(withdrawal, ev.InputRejected)] == [
-        "oracle for BTC is STALE: open not allowed"
-    ]
+    assert [o.reason for o in of_type(withdrawal, ev.InputRejected)] == ["oracle for BTC is STALE: open not allowed"]
     # margining on the last price goes on: a deposit lifts alice out of at-risk
     assert statuses(d.deposit(ALICE, usd(500))) == [("cross", "at_risk", "healthy", usd("521.375"))]
     # and reducing risk is allowed

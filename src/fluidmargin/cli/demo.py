@@ -12,7 +12,6 @@ from fluidmargin.cli.main import app
 from fluidmargin.core.errors import FluidMarginError
 from fluidmargin.sim import report
 from fluidmargin.sim.scenarios import CrashParams, PopulationSpec, Scenario, crash_candles
-from fluidmargin.sim.venues import perp_venue
 
 
 @app.command()
@@ -24,12 +23,15 @@ def demo(
     seed: Annotated[int, typer.Option(help="seed of prices and population")] = 42,
     days: Annotated[float, typer.Option(min=1.0, max=30.0, help="days of 1-minute prices")] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    liquidation: Annotated[
+        str, typer.Option(help="close_at_mark, partial or waterfall (as `fluidmargin replay --liquidation`)")
+    ] = "close_at_mark",
 ) -> None:
     """A seeded BTC/ETH crash (-35 %/-42 % over four hours, partial rebound) against 20k accounts."""
-    from fluidmargin.cli.replay import _store_runner, execute, print_summary  # main imports this module
+    from fluidmargin.cli.replay import _store_runner, execute, print_summary, replay_venue  # main imports this
 
-    config = perp_venue(("BTC", "ETH"))
     candles = crash_candles(seed, CrashParams(days=days))
+    config = replay_venue(candles, liquidation)  # close_at_mark: perp_venue(("BTC", "ETH")), the default venue
     scenario = Scenario(config, candles, None, PopulationSpec(accounts, seed), path="close", name="crash demo")
     log = out / "events.sqlite" if _store_runner() is not None else None
     try:

@@ -20,7 +20,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.sim import report
 from fluidmargin.sim.candles import Candles, Funding, asset_from_path, load_candles, load_funding
-from fluidmargin.sim.scenarios import PATHS, PopulationSpec, Scenario
+from fluidmargin.sim.scenarios import LIQUIDATIONS, PATHS, PopulationSpec, Scenario, replay_policies
 from fluidmargin.sim.venues import perp_venue
 
 PRESETS = ("binance", "hyperliquid", "dydx", "drift")
@@ -132,6 +132,65 @@ def execute(
     return result
 
 
+def replay_venue(
+    candles: dict[str, Candles],
+    liquidation: str = "close_at_mark",
+    preset: str = "binance",
+    insurance_usd: int = 1_000_000,
+    funding_source: str = "computed",
+    max_jump_ppm: int = 250_000,
+) -> EngineConfig:
+    """The replay's venue: ``perp_venue`` on the replayed assets, liquidating per ``liquidation``
+    (``close_at_mark``, ``partial``, or ``waterfall``: partial, batched, impact, ADL; see
+    :func:`~fluidmargin.sim.scenarios.replay_policies`). The config is what a ``--log`` header stores."""
+    if liquidation not in LIQUIDATIONS:
+        raise typer.BadParameter(f"--liquidation must be one of {', '.join(LIQUIDATIONS)}")
+    return perp_venue(
+        tuple(candles),
+        preset=preset,
+        insurance_fund_usd=insurance_usd,
+        funding_source=funding_source,
+        max_jump_ppm=max_jump_ppm,
+        liquidation="close_at_mark" if liquidation == "close_at_mark" else "partial",
+        policies=replay_policies(candles) if liquidation == "waterfall" else None,
+    )
+
+
+def _join(d: dict[str, Any]) -> str:
+    return "; ".join(f"{a}: {b}" for a, b in d.items())
+
+
+def waterfall_rows(w: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``liquidation_waterfall`` section as (what, value) rows, per mechanism."""
+    total = "liquidated_notional_total_usd"
+    rows = [
+        ("venue", f"{w['sizing']} closes; " + _join(w["execution"])),
+        ("liquidations", _join(w["liquidations"])),
+        ("liquidated notional usd", _join({**w["liquidated_notional_usd"], "total": w[total]})),
+        ("penalties usd", _join({**w["penalties_usd"], "total": w["penalties_total_usd"]})),
+        ("netted in batches usd", f"{w['batch_crossed_notional_usd']} ({w['batches']} batches)"),
+        ("sent to market usd", f"{w['impact_executed_notional_usd']} ({w['impact_executions']} orders)"),
+        ("slippage usd", w["slippage_usd"]),
+    ]
+    if w["auctions_started"] or "auction" in w["liquidations"]:
+        rows.append(
+            (
+                "auctions",
+                f"{w['auctions_started']} started, {w['auction_fills']} fills "
+                f"({w['auction_filled_notional_usd']} usd), {w['auction_resets']} resets",
+            )
+        )
+    if w["backstop_takeovers"] or any("backstop" in x for x in w["execution"].values()):
+        rows.append(("backstop takeovers", f"{w['backstop_takeovers']} ({w['backstop_notional_usd']} usd)"))
+    rows += [
+        ("adl events", f"{w['adl_events']} ({w['adl_notional_usd']} usd)"),
+        ("fund draws usd", _join({**w["fund_draws_usd"], "total": w["fund_draws_total_usd"]})),
+        ("fund inflows usd", _join(w["fund_inflows_usd"]) or "0"),
+        ("bad debt usd", f"{w['bad_debt_usd']} ({w['bad_debt_events']} events)"),
+    ]
+    return rows
+
+
 def print_summary(result: report.RunResult, title: str, as_json: bool, chart: Path | None) -> None:
     if as_json:
         out = dict(result.summary)
@@ -143,6 +202,8 @@ def print_summary(result: report.RunResult, title: str, as_json: bool, chart: Pa
     t.add_column("what", style="bold")
     t.add_column("value", justify="right", overflow="fold")
     for k, v in result.summary.items():
+        if k == "liquidation_waterfall":
+            continue
         if isinstance(v, dict):
             v = "; ".join(f"{a}: {b}" for a, b in v.items())
         elif isinstance(v, list):
@@ -150,6 +211,12 @@ def print_summary(result: report.RunResult, title: str, as_json: bool, chart: Pa
         t.add_row(k.replace("_", " "), str(v))
     if chart is not None:
         t.add_row("chart", str(chart))
+    w = result.summary.get("liquidation_waterfall")
+    if w is not None:
+        t.add_section()
+        t.add_row("liquidation waterfall", "", style="bold cyan")
+        for what, value in waterfall_rows(w):
+            t.add_row(what, value)
     Console().print(t)
 
 
@@ -201,6 +268,13 @@ def replay(
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many candles per file")] = None,
     max_jump_ppm: Annotated[int, typer.Option(help="oracle: largest accepted move vs the last price")] = 250_000,
     insurance_usd: Annotated[int, typer.Option(min=0, help="insurance fund seed")] = 1_000_000,
+    liquidation: Annotated[
+        str,
+        typer.Option(
+            help="close_at_mark; partial (close to the target health); or waterfall: partial closes netted "
+            "per tick, the net sold under square-root impact, ADL behind the insurance fund"
+        ),
+    ] = "close_at_mark",
     ack: Annotated[bool, typer.Option("--ack", help="with --log: print ACK <seq> after each durable commit")] = False,
 ) -> None:
     """Replay candles against a seeded population: liquidations, insurance fund, margin over time."""
@@ -208,12 +282,15 @@ def replay(
         raise typer.BadParameter(f"--preset must be one of {', '.join(PRESETS)}")
     if path not in PATHS:
         raise typer.BadParameter(f"--path must be one of {', '.join(PATHS)}")
+    if liquidation not in LIQUIDATIONS:
+        raise typer.BadParameter(f"--liquidation must be one of {', '.join(LIQUIDATIONS)}")
     try:
         candles, fund = _load(data, asset, funding, start, limit)
-        config: EngineConfig = perp_venue(
-            tuple(candles),
+        config = replay_venue(
+            candles,
+            liquidation,
             preset=preset,
-            insurance_fund_usd=insurance_usd,
+            insurance_usd=insurance_usd,
             funding_source="published" if fund else "computed",
             max_jump_ppm=max_jump_ppm,
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,8 +43,7 @@ YEAR_NS = 365 * 24 * 3600 * NS_PER_S
 ISO_BUCKET = "isolated:"
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
+class Bucket(NamedTuple):
     """A margin bucket: an account's cross margin (pos = -1) or one isolated position."""
 
     row: int
@@ -185,6 +184,7 @@ class Engine:
         self._alloc_positions(capacity)
         # called once breaches are confirmed, before they are executed; for instrumentation only
         self.decision_hook: Callable[[], None] | None = None
+        self._simple_pos: dict[Bucket, int] = {}  # buckets the exact kernel confirmed -> their one position
 
     @property
     def insurance_q(self) -> int:
@@ -1367,11 +1367,15 @@ class Engine:
 
     def _evaluate_once(self, flagged: Iterable[Bucket], out: list[ev.Event]) -> None:
         cands = sorted(set(flagged), key=lambda b: (b.row, b.pos))
-        breaches = []
+        breaches: list[tuple[int, int, int, Bucket]] = []
+        known: dict[Bucket, BucketRisk] = {}
+        self._simple_pos = {}
+        if len(cands) >= self.cfg.mass_close_min:
+            cands = self._confirm_simple(cands, breaches, known)
         for b in cands:
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
                 continue
-            risk = self.bucket_risk(b)
+            risk = known.get(b) or self.bucket_risk(b)
             h = risk.health_quote_q
             st = self._status_of(b)
             if (
@@ -1386,12 +1390,14 @@ class Engine:
                 continue
             new = transition(st, trig)
             self._set_status(b, new, h, out)
-        breaches.sort(key=lambda t: (t[0], t[1], t[2], t[3].pos))
+        breaches.sort()  # worst health, then larger maintenance, then account id, then bucket
         if self.decision_hook is not None:
             self.decision_hook()  # breaches found and confirmed; execution follows (benchmarks time this)
         breached = {t[3].row for t in breaches}
         for r in sorted({b.row for b in cands} - breached):
             self._resync(r)  # its class was in doubt: no position may keep an unapplied budget
+        if len(breaches) >= self.cfg.mass_close_min and self._simple_pos:
+            breaches = self._mass_close(breaches, out)
         for _h, _mm, _aid, b in breaches:
             now = self.bucket_risk(b)
             if now.health_quote_q >= 0 or not self._has_positions(b):
@@ -1418,6 +1424,214 @@ class Engine:
             else:
                 trig = "bankrupt"
             self._set_status(b, transition(LIQUIDATING, trig), risk.health_quote_q, out)
+
+    def _simple_plain(self, m: _Market) -> bool:
+        """Whether market ``m``'s maintenance is plain brackets (what the exact kernels compute)."""
+        mdl = m.spec.margin
+        shift = m.spec.size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS
+        return not (m.mark_q is None or shift < 0 or mdl.sqrt_imf_factor_ppm or mdl.close_fee_ppm or mdl.mm_on_entry)
+
+    def _kernel_tables(self, m: _Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mdl = m.spec.margin
+        return (
+            np.array([b.floor_quote_q for b in mdl.brackets], dtype=np.int64),
+            np.array([b.mmr_ppm for b in mdl.brackets], dtype=np.int64),
+            np.array([b.cum_quote_q for b in mdl.brackets], dtype=np.int64),
+        )
+
+    def _confirm_simple(
+        self, cands: list[Bucket], breaches: list[tuple[int, int, int, Bucket]], known: dict[Bucket, BucketRisk]
+    ) -> list[Bucket]:
+        """Exact confirmation of many simple buckets at once: isolated positions, and cross buckets of
+        accounts with one linked position and only the quote asset. Their exact equity and
+        maintenance come from one kernel call per market and kind. Breaches go straight to
+        ``breaches``; the other buckets are returned (with their exact risk in ``known``) for the
+        per-bucket pass, which also takes everything not simple.
+        """
+        from fluidmargin.risk import mass_close as mc
+
+        rows = np.array([b.row for b in cands if b.pos < 0], dtype=np.int64)
+        p = self.first_pos[rows]
+        others = [c for c in range(len(self.coll)) if c != self.quote_c]
+        q = np.maximum(p, 0)
+        simple = (p >= 0) & (self.pos_next[q] == -1) & (self.pos_iso[q] == 0)
+        if others and len(rows):
+            simple &= ~self.bal[rows][:, others].any(axis=1)
+        iso_p = np.array([b.pos for b in cands if b.pos >= 0 and self.pos_size[b.pos]], dtype=np.int64)
+        kinds = ((False, rows[simple], p[simple]), (True, self.pos_acct[iso_p], iso_p))
+        done: set[Bucket] = set()
+        for m in self.markets:
+            if not self._simple_plain(m):
+                continue
+            assert m.mark_q is not None
+            blocked = bool(self._oracle_blocked([m.spec.base_asset], orc.Action.LIQUIDATE))
+            sd = m.spec.size_decimals
+            for iso, krows, kpos in kinds:
+                sel = np.flatnonzero(self.pos_mkt[kpos] == m.i)
+                if not len(sel):
+                    continue
+                rs, ps = krows[sel], kpos[sel]
+                res = np.zeros((len(sel), 3), dtype=np.int64)
+                mc.exact_risk(
+                    self.pos_size[ps],
+                    self.pos_cost[ps],
+                    self.pos_iso_margin[ps] if iso else self.bal[rs, self.quote_c],
+                    m.fidx - self.pos_fidx[ps],
+                    np.int64(m.mark_q),
+                    10 ** (sd + PRICE_DECIMALS - QUOTE_DECIMALS),
+                    10 ** (sd + 6),
+                    *self._kernel_tables(m),
+                    res,
+                )
+                ok = res[:, 0] == 1
+                h = res[:, 1] - res[:, 2]
+                br = ok & (h < 0) & (self.pos_size[ps] != 0) & (not blocked)
+                bs = [
+                    Bucket(r, pp) if iso else Bucket(r) for r, pp in zip(rs[br].tolist(), ps[br].tolist(), strict=True)
+                ]
+                breaches.extend(
+                    zip(h[br].tolist(), (-res[br, 2]).tolist(), self.acct_id[rs[br]].tolist(), bs, strict=True)
+                )
+                self._simple_pos.update(zip(bs, ps[br].tolist(), strict=True))
+                done.update(bs)
+                rest = ok & ~br
+                for r, pp, eq, mm in zip(
+                    rs[rest].tolist(), ps[rest].tolist(), res[rest, 1].tolist(), res[rest, 2].tolist(), strict=True
+                ):
+                    known[Bucket(r, pp) if iso else Bucket(r)] = BucketRisk(eq, mm)
+        return [b for b in cands if b not in done] if done else cands
+
+    def _mass_close(self, breaches: list[tuple[int, int, int, Bucket]], out: list[ev.Event]) -> list[Any]:
+        """Close the simple breaches of a market in one exact kernel call; return the rest, in order.
+
+        Simple: see :meth:`_confirm_simple`; on a plain bracket model, with no liquidation caps. Same
+        figures as the per-bucket path (see risk.mass_close); what the kernel cannot settle, or a
+        bucket that would end with a shortfall, stays with the per-bucket path, which runs after.
+        """
+        cfg = self.cfg
+        if cfg.liquidation_max_notional_quote_q or cfg.liquidation_max_account_notional_quote_q:
+            return breaches
+        groups: dict[tuple[int, bool], list[tuple[int, int, int, int]]] = {}
+        vault = self.cfg.backstop.account_id if self.cfg.backstop else -1
+        for i, (h, _mm, aid, b) in enumerate(breaches):
+            p = self._simple_pos.get(b, -1)
+            if p < 0 or aid == vault or self._status_of(b) == LIQUIDATING:
+                continue
+            groups.setdefault((int(self.pos_mkt[p]), b.pos >= 0), []).append((i, b.row, p, h))
+        handled: set[int] = set()
+        for mi, iso in sorted(groups):
+            g = groups[(mi, iso)]
+            m = self.markets[mi]
+            if not self._simple_plain(m):
+                continue
+            handled.update(self._mass_close_market(m, iso, g, out))
+        return [t for i, t in enumerate(breaches) if i not in handled]
+
+    def _mass_close_market(
+        self, m: _Market, iso: bool, g: list[tuple[int, int, int, int]], out: list[ev.Event]
+    ) -> list[int]:
+        from fluidmargin.risk import mass_close as mc
+
+        idx = np.array([x[0] for x in g], dtype=np.int64)
+        rows = np.array([x[1] for x in g], dtype=np.int64)
+        ps = np.array([x[2] for x in g], dtype=np.int64)
+        hb = np.array([x[3] for x in g], dtype=np.int64)
+        sd = m.spec.size_decimals
+        assert m.mark_q is not None
+        res = np.zeros((len(g), 11), dtype=np.int64)
+        mc.mass_close(
+            self.pos_size[ps],
+            self.pos_cost[ps],
+            self.pos_iso_margin[ps] if iso else self.bal[rows, self.quote_c],
+            m.fidx - self.pos_fidx[ps],
+            np.int64(m.mark_q),
+            10 ** (sd + PRICE_DECIMALS - QUOTE_DECIMALS),
+            10 ** (sd + 6),
+            m.spec.liquidation_fee_ppm,
+            *self._kernel_tables(m),
+            isinstance(self.liquidator, liq.PartialToTarget),
+            int(getattr(self.liquidator, "target_ppm", 0)),
+            res,
+        )
+        ok = res[:, 0] == mc.ACCEPTED
+        # shortfalls the fund covers whatever the order are settled here; otherwise ADL may be needed
+        fund = self.wf.fund_of_market(m.i) if iso else wfl.MAIN_FUND
+        sf = np.where(ok, np.maximum(-res[:, 7], 0), 0)
+        if int(sf.sum()) > max(self.wf.funds[fund], 0):
+            ok &= sf == 0
+        if not ok.any():
+            return []
+        rows, ps, hb, res, sf = rows[ok], ps[ok], hb[ok], res[ok], sf[ok]
+        size0 = self.pos_size[ps].copy()
+        sign = np.sign(size0)
+        q, owed, realized, cost2, size2, fee = (res[:, j] for j in range(1, 7))
+        eq, mm, cash, bal_after = res[:, 7], res[:, 8], res[:, 9], res[:, 10]
+        closed = size2 == 0
+        # exact state: funding settled, the close, the penalty
+        self.pos_fidx[ps] = m.fidx
+        self.pos_size[ps] = size2
+        self.pos_cost[ps] = cost2
+        m.long_oi_base_q += int(np.clip(size2, 0, None).sum()) - int(np.clip(size0, 0, None).sum())
+        self.clearing_q += int(owed.sum()) - int(realized.sum())
+        if iso:
+            old = self.pos_status[ps].copy()
+            new = np.full(len(ps), HEALTHY, dtype=np.int8)  # restored, or closed (the bucket is gone)
+            health = np.where(closed, 0, eq - mm)
+            released = np.where(closed, bal_after + sf, 0)  # a closed position's margin returns to the account
+            self.pos_iso_margin[ps] = np.where(closed, 0, bal_after)
+            self.pos_status[ps] = new
+            np.add.at(self.bal[:, self.quote_c], rows, released)
+            rel_f = np.zeros(self.n_acc, dtype=np.float64)
+            np.add.at(rel_f, rows, released.astype(np.float64))
+            touched = np.unique(rows)
+            self.acct_h[touched] += rel_f[touched]
+            self.coll_f[touched, self.quote_c] += rel_f[touched]
+            self.acct_err[touched] += kernels.U * (np.abs(self.acct_h[touched]) + np.abs(rel_f[touched])) * 4
+        else:
+            old = self.status[rows].copy()
+            new = np.where(eq > 0, HEALTHY, BANKRUPT).astype(np.int8)
+            health = np.maximum(eq, 0) - mm
+            bal_after = bal_after + sf  # a shortfall is put back: the account ends at zero
+            self.bal[rows, self.quote_c] = bal_after
+            self.status[rows] = new
+            # float shadow: as for seeded accounts, the balance now and the positions' contributions next
+            bal_f = bal_after.astype(np.float64)
+            self.acct_h[rows] = bal_f
+            self.coll_f[rows, self.quote_c] = bal_f
+            self.acct_mm[rows] = 0.0
+            self.acct_err[rows] = kernels.U * np.abs(bal_f) * 4
+            self.acct_f[rows, 3] = new
+            self.acct_f[rows, 4] = 0.0
+            self.acct_f[rows, 5] = (~closed).astype(np.float64)
+        aids = self.acct_id[rows].tolist()
+        for aid, r, qs, c in zip(aids, rows.tolist(), (sign * q).tolist(), cash.tolist(), strict=True):
+            self.wf.orders.append(wfl.Order(m.i, aid, r, qs, c))
+        self.pos_c[ps] = self.pos_e[ps] = self.pos_mm[ps] = self.pos_budget[ps] = 0.0
+        self.pos_band[ps] = (1.0, 0.0, 0.0, 0.0)
+        self._screen(np.sort(ps[~closed]), m)
+        out.append(
+            ev.PositionsLiquidated(
+                self.now_ns,
+                m.spec.symbol,
+                ISO_BUCKET + m.spec.symbol if iso else "cross",
+                m.mark_q,
+                aids,
+                [STATUS_NAMES[int(x)] for x in old.tolist()],
+                hb.tolist(),
+                (-owed).tolist(),
+                (sign * q).tolist(),
+                realized.tolist(),
+                fee.tolist(),
+                sf.tolist(),
+                [STATUS_NAMES[int(x)] for x in new.tolist()],
+                health.tolist(),
+            )
+        )
+        self.wf.fund_in(self.wf.fund_of_market(m.i), int(fee.sum()), "liquidation_fee", -1, out)
+        if sf.any():
+            self.wf.fund_out(fund, int(sf.sum()), "shortfall", -1, out)
+        handled: list[int] = idx[ok].tolist()
+        return handled
 
     def _has_positions(self, b: Bucket) -> bool:
         if b.pos >= 0:

@@ -60,6 +60,7 @@ class EngineConfig:
     liquidation_max_account_notional_quote_q: int = 0  # at most this notional per account and window (0: no cap)
     liquidation_account_window_ns: int = 60 * 10**9
     backstop: BackstopSpec | None = None
+    mass_close_min: int = 256  # breaches of one market in one tick from which the exact kernel closes them
     breaker_band_ppm: int = 0  # circuit breaker: halt new risk when the index range within the window
     breaker_window_ns: int = 300 * 10**9  # exceeds this band (0: off); divergent sources always halt
 
@@ -76,6 +77,8 @@ class EngineConfig:
             raise ValidationError(f"liquidation must be close_at_mark or partial, not {self.liquidation!r}")
         if self.liquidation_max_notional_quote_q < 0 or self.liquidation_max_account_notional_quote_q < 0:
             raise ValidationError("liquidation caps must be >= 0")
+        if self.mass_close_min < 1:
+            raise ValidationError("mass_close_min must be >= 1")
         if self.liquidation_account_window_ns <= 0:
             raise ValidationError("liquidation_account_window_ns must be positive")
         if self.breaker_band_ppm < 0 or self.breaker_window_ns <= 0:
@@ -146,6 +149,7 @@ class EngineConfig:
                 liquidation_max_account_notional_quote_q=d.get("liquidation_max_account_notional_quote_q", 0),
                 liquidation_account_window_ns=d.get("liquidation_account_window_ns", 60 * 10**9),
                 backstop=BackstopSpec(**d["backstop"]) if d.get("backstop") else None,
+                mass_close_min=d.get("mass_close_min", 256),
                 breaker_band_ppm=d.get("breaker_band_ppm", 0),
                 breaker_window_ns=d.get("breaker_window_ns", 300 * 10**9),
             )

@@ -256,6 +256,57 @@ class InsuranceFundChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PositionsLiquidated(Event):
+    """Many simple buckets of one market (isolated, or single-position cross) liquidated at once, as columns.
+
+    Per account ``i`` it stands for: status ``old_status[i]`` -> liquidating (health
+    ``health_before[i]``), funding settled ``funding[i]`` (+ received), ``sizes[i]`` (signed, as held)
+    closed at ``price_q`` realising ``realized[i]`` with penalty ``fees[i]``, then liquidating ->
+    ``new_status[i]`` (health ``health_after[i]``). :meth:`expand` gives those events one by one.
+    """
+
+    market: str
+    bucket: str  # "cross", or "isolated:<market>"
+    price_q: int
+    account_ids: list[int]
+    old_status: list[str]
+    health_before: list[int]
+    funding: list[int]
+    sizes: list[int]
+    realized: list[int]
+    fees: list[int]
+    shortfalls: list[int]  # what the insurance fund put back (one fund event covers them all)
+    new_status: list[str]  # healthy, or bankrupt when nothing was left
+    health_after: list[int]
+
+    def expand(self) -> list[Event]:
+        out: list[Event] = []
+        t, m = self.ts_ns, self.market
+        for i, aid in enumerate(self.account_ids):
+            out.append(
+                AccountStatusChanged(t, aid, self.bucket, self.old_status[i], "liquidating", self.health_before[i])
+            )
+            if self.funding[i]:
+                out.append(FundingSettled(t, aid, m, self.funding[i]))
+            out.append(PositionLiquidated(t, aid, m, self.sizes[i], self.price_q, self.realized[i], self.fees[i]))
+            out.append(
+                AccountStatusChanged(t, aid, self.bucket, "liquidating", self.new_status[i], self.health_after[i])
+            )
+        return out
+
+
+def expand(events: list[Event]) -> list[Event]:
+    """``events`` with every columnar :class:`PositionsLiquidated` replaced by its per-account events."""
+    out: list[Event] = []
+    for e in events:
+        if isinstance(e, PositionsLiquidated):
+            out.extend(e.expand())
+        else:
+            out.append(e)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class BatchNetted(Event):
     """One tick's liquidation closes of a market, netted: only ``net_base_q`` goes on to execution."""
 
@@ -394,6 +445,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BadDebtSocialized,
         MarketHalted,
         MarketResumed,
+        PositionsLiquidated,
         BatchNetted,
         LiquidationExecuted,
         AuctionStarted,

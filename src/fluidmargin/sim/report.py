@@ -2,6 +2,10 @@
 
 Money in the summary is exact decimal text (from integer quantums); ratios and series are floats,
 for statistics and plots only.
+
+On a venue with a liquidation waterfall (partial closes, batching, impact or auction execution, a
+backstop vault) the summary gains a ``liquidation_waterfall`` section (:class:`WaterfallTally`) and
+the chart a fifth panel; a plain close-at-mark venue's report keeps its shape.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS, QUOTE_SCALE, 
 from fluidmargin.engine import Engine
 from fluidmargin.engine.state import AT_RISK, BANKRUPT
 from fluidmargin.model import events as ev
+from fluidmargin.model.config import EngineConfig
+from fluidmargin.model.instruments import LiquidationPolicy
 from fluidmargin.risk import margin
 
 SERIES = (
@@ -33,8 +39,17 @@ SERIES = (
     "at_risk",
     "insurance_usd",
     "bad_debt_usd",
+    # cumulative over the run (the waterfall panel)
+    "cum_liquidated_usd",
+    "cum_batch_crossed_usd",
+    "cum_adl_usd",
+    "cum_penalties_usd",
+    "cum_slippage_usd",
+    "cum_fund_draws_usd",
+    "cum_bad_debt_usd",
 )
 MAX_SAMPLES = 1000
+MECHANISMS = ("mark", "impact", "auction")
 
 
 class Target(Protocol):
@@ -61,6 +76,156 @@ class RunResult:
     outputs: dict[str, int] = field(default_factory=dict)
 
 
+def has_waterfall(cfg: EngineConfig) -> bool:
+    """Whether a venue liquidates by anything but full closes at the mark (its report gets the waterfall)."""
+    return (
+        cfg.liquidation != "close_at_mark"
+        or cfg.backstop is not None
+        or any(m.liquidation != LiquidationPolicy() for m in cfg.markets)
+    )
+
+
+def _value(size_base_q: int, price_q: int, size_decimals: int) -> int:
+    """Notional of ``|size|`` at ``price``, rounded up, as the report's liquidated notional always is."""
+    return margin.value_quote_q(abs(size_base_q), price_q, size_decimals, Rounding.CEIL)
+
+
+def _add(d: dict[str, int], key: str, q: int) -> None:
+    d[key] = d.get(key, 0) + q
+
+
+class WaterfallTally:
+    """Exact per-mechanism totals of the liquidation waterfall's output events (quote quantums).
+
+    - ``closes``: PositionLiquidated (also inside a columnar PositionsLiquidated) by the execution
+      mechanism of its market (mark, impact, auction): count, notional (|size| x price, rounded up)
+      and penalties (``fee_quote_q``);
+    - ``batch``: BatchNetted; ``crossed`` is the size netted inside the tick, min(sold, bought),
+      valued at the batch's mark;
+    - ``impact``: LiquidationExecuted: notional sent to the market at the fill price, slippage;
+    - ``auction``: AuctionStarted / AuctionBidFilled (notional filled) / AuctionReset;
+    - ``backstop``: BackstopTakeover; ``adl``: AutoDeleveraged (count and notional at the bankruptcy
+      price);
+    - ``fund_draws``/``fund_inflows``: InsuranceFundChanged by reason (draws as positive amounts);
+    - ``bad_debt``: BadDebtSocialized.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.sd = {m.spec.symbol: m.spec.size_decimals for m in engine.markets}
+        self.execution = {m.spec.symbol: m.spec.liquidation.execution for m in engine.markets}
+        self.closes: dict[str, int] = dict.fromkeys(MECHANISMS, 0)
+        self.closed_q: dict[str, int] = dict.fromkeys(MECHANISMS, 0)
+        self.penalties_by_q: dict[str, int] = dict.fromkeys(MECHANISMS, 0)
+        self.batches = 0
+        self.crossed_q = 0
+        self.executions = 0
+        self.executed_q = 0
+        self.slippage_q = 0
+        self.auctions_started = 0
+        self.auction_market: dict[str, str] = {}
+        self.auction_fills = 0
+        self.auction_filled_q = 0
+        self.auction_resets = 0
+        self.backstop_takeovers = 0
+        self.backstop_q = 0
+        self.adl_events = 0
+        self.adl_q = 0
+        self.fund_draws: dict[str, int] = {}
+        self.fund_inflows: dict[str, int] = {}
+        self.bad_debt_events = 0
+        self.bad_debt_q = 0
+
+    @property
+    def liquidated_q(self) -> int:
+        return sum(self.closed_q.values())
+
+    @property
+    def penalties_q(self) -> int:
+        return sum(self.penalties_by_q.values())
+
+    @property
+    def fund_draws_q(self) -> int:
+        return sum(self.fund_draws.values())
+
+    def add(self, e: ev.Event) -> None:
+        if isinstance(e, ev.PositionsLiquidated):  # the engine's mass close, as columns
+            for x in e.expand():
+                self.add(x)
+        elif isinstance(e, ev.PositionLiquidated):
+            mech = self.execution[e.market]
+            self.closes[mech] += 1
+            self.closed_q[mech] += _value(e.size_base_q, e.price_q, self.sd[e.market])
+            self.penalties_by_q[mech] += e.fee_quote_q
+        elif isinstance(e, ev.BatchNetted):
+            self.batches += 1
+            self.crossed_q += _value(min(e.sold_base_q, e.bought_base_q), e.price_q, self.sd[e.market])
+        elif isinstance(e, ev.LiquidationExecuted):
+            self.executions += 1
+            self.executed_q += _value(e.size_base_q, e.price_q, self.sd[e.market])
+            self.slippage_q += e.slippage_quote_q
+        elif isinstance(e, ev.AuctionStarted):
+            self.auctions_started += 1
+            self.auction_market[e.auction_id] = e.market
+        elif isinstance(e, ev.AuctionBidFilled):
+            self.auction_fills += 1
+            # auction ids are "<market>-<n>": a fill of an auction started before a resume still has its market
+            market = self.auction_market.get(e.auction_id) or e.auction_id.rsplit("-", 1)[0]
+            self.auction_filled_q += _value(e.size_base_q, e.price_q, self.sd[market])
+        elif isinstance(e, ev.AuctionReset):
+            self.auction_resets += 1
+        elif isinstance(e, ev.BackstopTakeover):
+            self.backstop_takeovers += 1
+            self.backstop_q += _value(e.size_base_q, e.price_q, self.sd[e.market])
+        elif isinstance(e, ev.AutoDeleveraged):
+            self.adl_events += 1
+            self.adl_q += _value(e.size_base_q, e.price_q, self.sd[e.market])
+        elif isinstance(e, ev.InsuranceFundChanged):
+            if e.delta_quote_q < 0:
+                _add(self.fund_draws, e.reason, -e.delta_quote_q)
+            else:
+                _add(self.fund_inflows, e.reason, e.delta_quote_q)
+        elif isinstance(e, ev.BadDebtSocialized):
+            self.bad_debt_events += 1
+            self.bad_debt_q += e.amount_quote_q
+
+    def summary(self, cfg: EngineConfig) -> dict[str, Any]:
+        """The report's ``liquidation_waterfall`` section: exact decimal USD text, counts as ints."""
+        used = [m for m in MECHANISMS if m in self.execution.values() or self.closes[m]]
+        return {
+            "sizing": cfg.liquidation,
+            "execution": {
+                m.symbol: m.liquidation.execution
+                + (" batched" if m.liquidation.batch else "")
+                + (" +backstop" if m.liquidation.backstop else "")
+                + (" +adl" if m.liquidation.adl else "")
+                for m in cfg.markets
+            },
+            "liquidations": {m: self.closes[m] for m in used},
+            "liquidated_notional_usd": {m: _usd(self.closed_q[m]) for m in used},
+            "penalties_usd": {m: _usd(self.penalties_by_q[m]) for m in used},
+            "liquidated_notional_total_usd": _usd(self.liquidated_q),
+            "penalties_total_usd": _usd(self.penalties_q),
+            "batches": self.batches,
+            "batch_crossed_notional_usd": _usd(self.crossed_q),
+            "impact_executions": self.executions,
+            "impact_executed_notional_usd": _usd(self.executed_q),
+            "slippage_usd": _usd(self.slippage_q),
+            "auctions_started": self.auctions_started,
+            "auction_fills": self.auction_fills,
+            "auction_filled_notional_usd": _usd(self.auction_filled_q),
+            "auction_resets": self.auction_resets,
+            "backstop_takeovers": self.backstop_takeovers,
+            "backstop_notional_usd": _usd(self.backstop_q),
+            "adl_events": self.adl_events,
+            "adl_notional_usd": _usd(self.adl_q),
+            "fund_draws_usd": {k: _usd(v) for k, v in sorted(self.fund_draws.items())},
+            "fund_draws_total_usd": _usd(self.fund_draws_q),
+            "fund_inflows_usd": {k: _usd(v) for k, v in sorted(self.fund_inflows.items())},
+            "bad_debt_events": self.bad_debt_events,
+            "bad_debt_usd": _usd(self.bad_debt_q),
+        }
+
+
 class Collector:
     """Counts outputs and samples the engine once per time step (state at the end of the step)."""
 
@@ -83,6 +248,7 @@ class Collector:
         self.rejections: dict[str, int] = {}
         self.seed_rejected: str | None = None
         self.sd = {m.spec.symbol: m.spec.size_decimals for m in engine.markets}
+        self.wf = WaterfallTally(engine)
 
     def before(self, event: ev.Event) -> None:
         b = event.ts_ns // self.step_ns
@@ -97,28 +263,34 @@ class Collector:
             return
         self.inputs += 1
         first = records[0][1]
-        for _seq, e in records[1:]:
-            name = type(e).__name__
+        for _seq, raw in records[1:]:
+            name = type(raw).__name__
             self.counts[name] = self.counts.get(name, 0) + 1
-            if isinstance(e, ev.PositionLiquidated):
-                q = margin.value_quote_q(abs(e.size_base_q), e.price_q, self.sd[e.market], Rounding.CEIL)
-                self.liq_count += 1
-                self.liq_notional_q += q
-                self.liquidations += 1
-                self.liquidated_notional_q += q
-                self.liquidated_accounts.add(e.account_id)
-            elif isinstance(e, ev.InsuranceFundChanged):
-                if e.delta_quote_q >= 0:
-                    self.fund_fees_q += e.delta_quote_q
-                else:
-                    self.fund_draws_q -= e.delta_quote_q
-            elif isinstance(e, ev.BadDebtSocialized):
-                self.bad_debt_q += e.amount_quote_q
-            elif isinstance(e, ev.InputRejected):
-                key = f"{e.input_type}: {e.reason.split(':')[0]}"
-                self.rejections[key] = self.rejections.get(key, 0) + 1
-                if isinstance(first, ev.AccountsSeeded):
-                    self.seed_rejected = e.reason
+            # a columnar PositionsLiquidated (the engine's mass close) stands for per-account events
+            for e in raw.expand() if isinstance(raw, ev.PositionsLiquidated) else (raw,):
+                self._tally(e, first)
+
+    def _tally(self, e: ev.Event, first: ev.Event) -> None:
+        self.wf.add(e)
+        if isinstance(e, ev.PositionLiquidated):
+            q = margin.value_quote_q(abs(e.size_base_q), e.price_q, self.sd[e.market], Rounding.CEIL)
+            self.liq_count += 1
+            self.liq_notional_q += q
+            self.liquidations += 1
+            self.liquidated_notional_q += q
+            self.liquidated_accounts.add(e.account_id)
+        elif isinstance(e, ev.InsuranceFundChanged):
+            if e.delta_quote_q >= 0:
+                self.fund_fees_q += e.delta_quote_q
+            else:
+                self.fund_draws_q -= e.delta_quote_q
+        elif isinstance(e, ev.BadDebtSocialized):
+            self.bad_debt_q += e.amount_quote_q
+        elif isinstance(e, ev.InputRejected):
+            key = f"{e.input_type}: {e.reason.split(':')[0]}"
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+            if isinstance(first, ev.AccountsSeeded):
+                self.seed_rejected = e.reason
 
     def sample(self) -> None:
         """Record the state now; margin figures come from the engine's float shadow (statistics only)."""
@@ -150,6 +322,13 @@ class Collector:
                 at_risk,
                 eng.insurance_q / QUOTE_SCALE,
                 eng.socialized_q / QUOTE_SCALE,
+                self.wf.liquidated_q / QUOTE_SCALE,
+                self.wf.crossed_q / QUOTE_SCALE,
+                self.wf.adl_q / QUOTE_SCALE,
+                self.wf.penalties_q / QUOTE_SCALE,
+                self.wf.slippage_q / QUOTE_SCALE,
+                self.wf.fund_draws_q / QUOTE_SCALE,
+                self.wf.bad_debt_q / QUOTE_SCALE,
             ]
         )
         self.price_rows.append([eng.index_q.get(a, 0) / 10.0**PRICE_DECIMALS or float("nan") for a in eng.assets])
@@ -203,8 +382,12 @@ def run(
     step_ns: int,
     skip: int = 0,
     progress: Callable[[int], None] | None = None,
+    waterfall: bool | None = None,
 ) -> RunResult:
     """Submit ``events`` (after skipping the first ``skip``, already applied) and collect a report.
+
+    ``waterfall``: add the ``liquidation_waterfall`` section (None: when the venue has a waterfall,
+    :func:`has_waterfall`). Like every count in the summary, it covers the inputs this run submitted.
 
     Raises FluidMarginError if the population is rejected (the replay would be meaningless).
     """
@@ -271,6 +454,8 @@ def run(
     }
     if col.rejections:
         summary["rejection_reasons"] = dict(sorted(col.rejections.items()))
+    if has_waterfall(eng.cfg) if waterfall is None else waterfall:
+        summary["liquidation_waterfall"] = col.wf.summary(eng.cfg)
     return RunResult(summary, series, prices, dict(sorted(col.counts.items())))
 
 
@@ -282,7 +467,8 @@ def sample_step_ns(span_ns: tuple[int, int], base_step_ns: int, max_samples: int
 
 
 def write_chart(result: RunResult, path: str | Path, title: str = "") -> Path:
-    """Four stacked panels: prices, open interest, margin, liquidations with the insurance fund."""
+    """Stacked panels: prices, open interest, margin, liquidations with the insurance fund; and, when
+    the summary has a ``liquidation_waterfall`` section, the waterfall's cumulative figures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +477,9 @@ def write_chart(result: RunResult, path: str | Path, title: str = "") -> Path:
 
     s = result.series
     t = np.array([datetime.fromtimestamp(x / 1e9, tz=UTC) for x in s["ts_ns"]])
-    fig, ax = plt.subplots(4, 1, figsize=(11, 11), sharex=True, constrained_layout=True)
+    waterfall = "liquidation_waterfall" in result.summary
+    n = 5 if waterfall else 4
+    fig, ax = plt.subplots(n, 1, figsize=(11, 11 + 2.75 * (n - 4)), sharex=True, constrained_layout=True)
     multi = sum(1 for v in result.prices.values() if np.isfinite(v).any()) > 1
     for a, v in result.prices.items():
         if not np.isfinite(v).any():
@@ -316,7 +504,9 @@ def write_chart(result: RunResult, path: str | Path, title: str = "") -> Path:
     a3 = ax[3].twinx()
     a3.plot(t, s["insurance_usd"] / 1e6, color="tab:green", lw=1.2, label="insurance fund")
     a3.set_ylabel("insurance fund (M USD)", color="tab:green")
-    ax[3].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))  # type: ignore[no-untyped-call]
+    if waterfall:
+        _waterfall_panel(ax[4], t, s)
+    ax[-1].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))  # type: ignore[no-untyped-call]
     for a in ax:
         a.grid(alpha=0.3)
     out = Path(path)
@@ -324,3 +514,23 @@ def write_chart(result: RunResult, path: str | Path, title: str = "") -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _waterfall_panel(ax: Any, t: np.ndarray, s: dict[str, np.ndarray]) -> None:
+    """Cumulative notional (left, M USD: liquidated, netted in batches, deleveraged) and what the
+    waterfall cost (right, k USD: penalties collected, slippage, insurance draws, bad debt)."""
+    ax.plot(t, s["cum_liquidated_usd"] / 1e6, color="tab:red", lw=1.4, label="liquidated notional")
+    ax.plot(t, s["cum_batch_crossed_usd"] / 1e6, color="tab:pink", lw=1, ls="--", label="netted in batches")
+    ax.plot(t, s["cum_adl_usd"] / 1e6, color="black", lw=1, ls=":", label="ADL notional")
+    ax.set_ylabel("cumulative notional (M USD)")
+    ax.set_title("liquidation waterfall (cumulative)", fontsize=9, loc="left")
+    b = ax.twinx()
+    b.plot(t, s["cum_penalties_usd"] / 1e3, color="tab:green", lw=1, label="penalties")
+    b.plot(t, s["cum_slippage_usd"] / 1e3, color="tab:orange", lw=1, label="slippage")
+    b.plot(t, s["cum_fund_draws_usd"] / 1e3, color="tab:blue", lw=1, label="fund draws")
+    b.plot(t, s["cum_bad_debt_usd"] / 1e3, color="tab:purple", lw=1.2, label="bad debt")
+    b.set_yscale("symlog", linthresh=0.01)  # $10 and up on a log scale: slippage beside fund draws
+    b.set_ylabel("cumulative (k USD, log above 0.01)")
+    lines = ax.get_legend_handles_labels()
+    more = b.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=7, ncol=2)

@@ -9,6 +9,11 @@ Price path inside a candle (``path``):
   side the candle did not close (low first in a green candle, high first in a red one), the other
   extreme, then the close. Liquidations then see the wicks, in the adverse order the candle allows.
 
+Liquidation (``LIQUIDATIONS``): ``close_at_mark`` (the default venue), ``partial`` (close only what
+restores the target health) or ``waterfall``: partial closes, netted per market and tick, the net sent
+to the market under square-root impact (a price replay has no auction bidders), auto-deleveraging
+when the insurance fund runs dry. See :func:`replay_policies`.
+
 Funding (when given): Binance settles at T_k the rate of the interval (T_{k-1}, T_k]; the replay
 publishes that rate at T_{k-1}, the start of the interval it covers, so continuous accrual charges
 each interval what Binance charged. Markets must then use ``funding_source='published'``.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numpy as np
 
@@ -27,12 +33,20 @@ from fluidmargin.core.rng import make_rng
 from fluidmargin.core.units import PRICE_DECIMALS, Rounding, parse_decimal
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
+from fluidmargin.model.instruments import ImpactSpec, LiquidationPolicy
 from fluidmargin.sim.candles import Candles, Funding
 from fluidmargin.sim.population import PopulationParams, build_population
 
 NS_PER_MS = 1_000_000
 SOURCE = "replay"
 PATHS = ("ohlc", "close")
+LIQUIDATIONS = ("close_at_mark", "partial", "waterfall")
+
+# the impact model's liquidity in a replay: daily volume (USD) and daily volatility (ppm) per asset
+IMPACT_DAILY_VOLUME_USD = {"BTC": 20_000_000_000, "ETH": 10_000_000_000}
+IMPACT_SIGMA_PPM = {"BTC": 40_000, "ETH": 50_000}
+IMPACT_DEFAULT_VOLUME_USD = 1_000_000_000
+IMPACT_DEFAULT_SIGMA_PPM = 80_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,29 @@ class Scenario:
     def count(self) -> int:
         """How many inputs :meth:`events` yields (for progress bars)."""
         return count_events(self.config, self.candles, self.funding, self.path, self.clock_every_s)
+
+
+def replay_policies(
+    candles: Mapping[str, Candles], size_decimals: int = 8, adl: bool = True
+) -> dict[str, LiquidationPolicy]:
+    """The ``waterfall`` liquidation policy of each replayed asset (for ``perp_venue(policies=...)``).
+
+    A price replay has no auction bidders, so each market batches a tick's closes (longs netted
+    against shorts) and sends the net to the market under square-root impact, with ADL behind the
+    insurance fund. The impact model's daily volume is :data:`IMPACT_DAILY_VOLUME_USD` converted to
+    base units at the first replayed open (exactly, from its decimal text), so the venue is a pure
+    function of the data and the options, and a resumed replay rebuilds the same config.
+    """
+    out: dict[str, LiquidationPolicy] = {}
+    for a, c in candles.items():
+        usd = IMPACT_DAILY_VOLUME_USD.get(a, IMPACT_DEFAULT_VOLUME_USD)
+        price = Decimal(str(c.text["open"][0]))
+        if price <= 0:
+            raise ValidationError(f"{a}: the first price {price} must be positive for the impact model")
+        volume = max(int(Decimal(usd) * 10**size_decimals / price), 1)
+        sigma = IMPACT_SIGMA_PPM.get(a, IMPACT_DEFAULT_SIGMA_PPM)
+        out[a] = LiquidationPolicy(execution="impact", batch=True, impact=ImpactSpec("sqrt", volume, sigma), adl=adl)
+    return out
 
 
 def _market_of(config: EngineConfig, asset: str) -> str:
