@@ -105,9 +105,7 @@ def test_freqtrade_json(prices_dir: Path, tmp_path: Path, gz: bool) -> None:
 
 def test_funding_real(prices_dir: Path) -> None:
     f = load_funding(
-        prices_dir
-        / "binance_usdm_perp_1m_calm_2025-05-25_to_2025-06-24"
-        / "BTC_USDT_USDT-8h-funding_rate.csv"
+        prices_dir / "binance_usdm_perp_1m_calm_2025-05-25_to_2025-06-24" / "BTC_USDT_USDT-8h-funding_rate.csv"
     )
     assert len(f) == 89
     assert int(f.rate_e9[0]) == 36_510  # 3.651e-05 per interval, exactly

@@ -136,17 +136,13 @@ def test_an_event_older_than_engine_time_is_rejected_and_changes_nothing(priced_
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        pytest.param(
-            lambda ts: ev.Deposited(ts, 77, "USD", usd(1)), "unknown account 77", id="deposit-account"
-        ),
+        pytest.param(lambda ts: ev.Deposited(ts, 77, "USD", usd(1)), "unknown account 77", id="deposit-account"),
         pytest.param(
             lambda ts: ev.Deposited(ts, ALICE, "DOGE", usd(1)),
             "unknown collateral asset 'DOGE'",
             id="deposit-asset",
         ),
-        pytest.param(
-            lambda ts: ev.WithdrawalRequested(ts, 77, "USD", 1), "unknown account 77", id="withdraw-account"
-        ),
+        pytest.param(lambda ts: ev.WithdrawalRequested(ts, 77, "USD", 1), "unknown account 77", id="withdraw-account"),
         pytest.param(
             lambda ts: ev.WithdrawalRequested(ts, ALICE, "DOGE", 1),
             "unknown collateral asset 'DOGE'",
@@ -162,9 +158,7 @@ def test_an_event_older_than_engine_time_is_rejected_and_changes_nothing(priced_
             "unknown market 'DOGE-PERP'",
             id="fill-market",
         ),
-        pytest.param(
-            lambda ts: ev.PriceObserved(ts, "s1", "DOGE", "0.1"), "unknown asset 'DOGE'", id="price-asset"
-        ),
+        pytest.param(lambda ts: ev.PriceObserved(ts, "s1", "DOGE", "0.1"), "unknown asset 'DOGE'", id="price-asset"),
         pytest.param(
             lambda ts: ev.LastTradeObserved(ts, "DOGE-PERP", px(1)),
             "unknown market 'DOGE-PERP'",
@@ -194,12 +188,8 @@ def test_unknown_accounts_assets_and_markets_are_rejected_and_change_nothing(
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(
-            lambda ts: ev.Deposited(ts, ALICE, "USD", usd(100), event_id="dep-1"), id="accepted-deposit"
-        ),
-        pytest.param(
-            lambda ts: ev.Deposited(ts, 77, "USD", usd(100), event_id="dep-1"), id="rejected-deposit"
-        ),
+        pytest.param(lambda ts: ev.Deposited(ts, ALICE, "USD", usd(100), event_id="dep-1"), id="accepted-deposit"),
+        pytest.param(lambda ts: ev.Deposited(ts, 77, "USD", usd(100), event_id="dep-1"), id="rejected-deposit"),
         pytest.param(lambda ts: ev.PriceObserved(ts, "s2", "BTC", "50010", event_id="px-1"), id="price"),
         pytest.param(
             lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", base("0.01"), px(50_000), event_id="f-1"),
@@ -230,45 +220,31 @@ BIG = 2**70  # beyond int64
         pytest.param(lambda ts: ev.Deposited(ts, ALICE, "USD", BIG), id="deposit"),
         pytest.param(lambda ts: ev.WithdrawalRequested(ts, ALICE, "USD", BIG), id="withdrawal"),
         pytest.param(lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", BIG, px(50_000)), id="fill-size"),
-        pytest.param(
-            lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", -BIG, px(50_000)), id="fill-negative-size"
-        ),
+        pytest.param(lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", -BIG, px(50_000)), id="fill-negative-size"),
         pytest.param(lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 1, BIG), id="fill-price"),
-        pytest.param(
-            lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 1, px(50_000), fee_quote_q=BIG), id="fill-fee"
-        ),
+        pytest.param(lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 1, px(50_000), fee_quote_q=BIG), id="fill-fee"),
         pytest.param(
             lambda ts: ev.TradeFilled(
                 ts, ALICE, "BTC-PERP", 1, px(50_000), margin_mode="isolated", isolated_margin_quote_q=BIG
             ),
             id="fill-isolated-margin",
         ),
-        pytest.param(
-            lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 1, px(50_000), leverage=BIG), id="fill-leverage"
-        ),
+        pytest.param(lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 1, px(50_000), leverage=BIG), id="fill-leverage"),
         # 2**59 BTC quantums x 2**59 price quantums: each within bounds, their cost (~3.3e25) is not
-        pytest.param(
-            lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 2**59, 2**59), id="fill-size-times-price"
-        ),
+        pytest.param(lambda ts: ev.TradeFilled(ts, ALICE, "BTC-PERP", 2**59, 2**59), id="fill-size-times-price"),
         pytest.param(lambda ts: ev.LastTradeObserved(ts, "BTC-PERP", BIG), id="last-trade"),
         pytest.param(
             lambda ts: ev.AccountsSeeded(ts, [BIG], [usd(1)], [], [], [], [], [], [], []),
             id="seed-account-id",
         ),
+        pytest.param(lambda ts: ev.AccountsSeeded(ts, [10], [BIG], [], [], [], [], [], [], []), id="seed-deposit"),
         pytest.param(
-            lambda ts: ev.AccountsSeeded(ts, [10], [BIG], [], [], [], [], [], [], []), id="seed-deposit"
-        ),
-        pytest.param(
-            lambda ts: ev.AccountsSeeded(
-                ts, [10], [usd(1)], [0], ["BTC-PERP"], [BIG], [px(50_000)], [0], [0], [10]
-            ),
+            lambda ts: ev.AccountsSeeded(ts, [10], [usd(1)], [0], ["BTC-PERP"], [BIG], [px(50_000)], [0], [0], [10]),
             id="seed-size",
         ),
         # 2**50 x 2**50 within bounds each; the cost 2**100 / 1e10 ~ 1.3e20 is not
         pytest.param(
-            lambda ts: ev.AccountsSeeded(
-                ts, [10], [2**58], [0], ["BTC-PERP"], [2**50], [2**50], [0], [0], [10]
-            ),
+            lambda ts: ev.AccountsSeeded(ts, [10], [2**58], [0], ["BTC-PERP"], [2**50], [2**50], [0], [0], [10]),
             id="seed-size-times-price",
         ),
     ],
@@ -295,9 +271,7 @@ def test_a_clock_jump_that_would_overflow_the_funding_index_is_rejected() -> Non
 def test_a_balance_that_would_overflow_is_rejected(priced_desk: Desk) -> None:
     d = priced_desk
     cap = 2**62 // 4  # balances stay below MAX_QUANTUMS // 4
-    assert (
-        of_type(d.deposit(BOB, cap - usd(1_000_000)), ev.InputRejected) == []
-    )  # bob now holds exactly the cap
+    assert of_type(d.deposit(BOB, cap - usd(1_000_000)), ev.InputRejected) == []  # bob now holds exactly the cap
     out, changed = apply_and_compare(d, ev.Deposited(d.tick(), BOB, "USD", 1))
     assert [o.reason for o in of_type(out, ev.InputRejected)] == ["balance would overflow"]
     assert changed == []
@@ -340,9 +314,7 @@ def test_a_consistent_seed_is_accepted(priced_desk: Desk) -> None:
         pytest.param({"pos_account": [1, 0]}, "sorted", id="unsorted-positions"),
         pytest.param({"pos_market": ["BTC-PERP", "DOGE-PERP"]}, "unknown market", id="unknown-market"),
         pytest.param({"pos_size_base_q": [base("0.1"), 0]}, "non-zero", id="zero-size"),
-        pytest.param(
-            {"pos_iso_margin_quote_q": [0, usd(1)]}, "only isolated", id="margin-on-a-cross-position"
-        ),
+        pytest.param({"pos_iso_margin_quote_q": [0, usd(1)]}, "only isolated", id="margin-on-a-cross-position"),
         pytest.param({"pos_leverage": [10, 0]}, "leverage", id="zero-leverage"),
         # account 11 short 3 BTC on 10,000 USD at 10x: IM 150,000 / 10 = 15,000 > 10,000;
         # account 10 is fine, both are refused
@@ -354,9 +326,7 @@ def test_a_consistent_seed_is_accepted(priced_desk: Desk) -> None:
         pytest.param({"pos_account": [0.0, 1.0]}, "", id="float-index"),
     ],
 )
-def test_a_seed_with_inconsistent_columns_is_rejected_whole(
-    priced_desk: Desk, over: dict, reason: str
-) -> None:
+def test_a_seed_with_inconsistent_columns_is_rejected_whole(priced_desk: Desk, over: dict, reason: str) -> None:
     d = priced_desk
     n_acc, n_pos = d.eng.n_acc, d.eng.n_pos
     out, changed = apply_and_compare(d, seed(d.tick(), **over))

@@ -44,9 +44,7 @@ def test_kernel_matches_twin_and_bounds_exact(model_name, positions):
     floors, rates, cums, kv, kf = _consts(model, sd)
     n = len(positions)
     size = np.array([p[0] for p in positions], dtype=np.int64)
-    cost = np.array(
-        [margin.value_quote_q(s, e, sd, margin.Rounding.CEIL) for s, e, *_ in positions], dtype=np.int64
-    )
+    cost = np.array([margin.value_quote_q(s, e, sd, margin.Rounding.CEIL) for s, e, *_ in positions], dtype=np.int64)
     fidx_last = np.array([p[4] for p in positions], dtype=np.int64)
     # one market per kernel call: the same mark and funding index for all positions
     mark, fnow = positions[0][2], positions[0][3]
@@ -112,7 +110,10 @@ def test_kernel_matches_twin_and_bounds_exact(model_name, positions):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.floats(-1e12, 1e12), st.floats(0, 1e6), st.floats(0, 1e12), st.sampled_from([0, 1]),
+    st.floats(-1e12, 1e12),
+    st.floats(0, 1e6),
+    st.floats(0, 1e12),
+    st.sampled_from([0, 1]),
 )
 def test_flag_rule_is_conservative(h, eb, mm, status):
     """Never unflagged when the exact health could be a breach or could move the status across its band."""

@@ -48,9 +48,7 @@ class Bucket:
 
     def liquidation_price(self) -> int | None:
         fixed = self.collateral_q + self.other_upnl_q - self.cost
-        return liquidation_price_q(
-            self.model, self.size, self.sd, fixed, self.other_mm_q, self.entry_notional
-        )
+        return liquidation_price_q(self.model, self.size, self.sd, fixed, self.other_mm_q, self.entry_notional)
 
 
 USD = QUOTE_SCALE
@@ -78,9 +76,7 @@ BUCKETS = [
     # 100 BTC at 60k = 6M notional, 10x: stays in the 1 % bracket
     pytest.param(Bucket(BTCUSDT, 100_000, 3, 60_000 * PX, 600_000 * USD), id="btcusdt-long"),
     # 190 BTC short at 60k = 11.4M (1 % bracket); liquidated near 75k, 14M+ notional: the 2 % bracket
-    pytest.param(
-        Bucket(BTCUSDT, -190_000, 3, 60_000 * PX, 3_000_000 * USD), id="btcusdt-short-crosses-bracket"
-    ),
+    pytest.param(Bucket(BTCUSDT, -190_000, 3, 60_000 * PX, 3_000_000 * USD), id="btcusdt-short-crosses-bracket"),
     # 10 BTC at 60k = 600k notional, 3x tier; liquidation falls into a lower tier
     pytest.param(Bucket(HL_TESTNET, 10_000, 3, 60_000 * PX, 400_000 * USD), id="hyperliquid-tiers-long"),
     pytest.param(Bucket(HL_TESTNET, -10_000, 3, 60_000 * PX, 200_000 * USD), id="hyperliquid-tiers-short"),

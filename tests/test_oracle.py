@@ -18,9 +18,7 @@ T0 = 1_700_000_000 * 10**9
     ("raw", "confidence", "ts", "last_ts", "last_index", "validity", "reason", "price_q"),
     [
         # State: the source's last timestamp and the last valid index; Parameters: the raw tick
-        pytest.param(
-            "100.5", 1_000_000, T0, None, None, Validity.VALID, "", 100_5 * P // 10, id="first-valid"
-        ),
+        pytest.param("100.5", 1_000_000, T0, None, None, Validity.VALID, "", 100_5 * P // 10, id="first-valid"),
         pytest.param("NaN", 1_000_000, T0, None, None, Validity.INVALID, "non-finite", None, id="nan"),
         pytest.param("inf", 1_000_000, T0, None, None, Validity.INVALID, "non-finite", None, id="inf"),
         pytest.param("-Infinity", 1_000_000, T0, None, None, Validity.INVALID, "non-finite", None, id="-inf"),
@@ -29,14 +27,10 @@ T0 = 1_700_000_000 * 10**9
         pytest.param("0", 1_000_000, T0, None, None, Validity.INVALID, "non-positive", None, id="zero"),
         pytest.param("-3", 1_000_000, T0, None, None, Validity.INVALID, "non-positive", None, id="negative"),
         # below one price quantum (1e-8) rounds down to zero: not a usable price
-        pytest.param(
-            "0.000000001", 1_000_000, T0, None, None, Validity.INVALID, "non-positive", None, id="sub-q"
-        ),
+        pytest.param("0.000000001", 1_000_000, T0, None, None, Validity.INVALID, "non-positive", None, id="sub-q"),
         pytest.param("100", 1_000_000, T0, T0, None, Validity.INVALID, "out of order", None, id="same-ts"),
         pytest.param("100", 1_000_000, T0 - 1, T0, None, Validity.INVALID, "out of order", None, id="older"),
-        pytest.param(
-            "100", 899_999, T0, None, None, Validity.LOW_CONFIDENCE, "confidence", 100 * P, id="low-conf"
-        ),
+        pytest.param("100", 899_999, T0, None, None, Validity.LOW_CONFIDENCE, "confidence", 100 * P, id="low-conf"),
         pytest.param("100", 900_000, T0, None, None, Validity.VALID, "", 100 * P, id="conf-at-min"),
         # 25 % move is the limit (inclusive); one quantum more is too volatile
         pytest.param("125", 1_000_000, T0, None, 100 * P, Validity.VALID, "", 125 * P, id="jump-at-limit"),
@@ -51,9 +45,7 @@ T0 = 1_700_000_000 * 10**9
             125 * P + 1,
             id="jump-up",
         ),
-        pytest.param(
-            "74.9", 1_000_000, T0, None, 100 * P, Validity.TOO_VOLATILE, "jump", 749 * P // 10, id="jump-dn"
-        ),
+        pytest.param("74.9", 1_000_000, T0, None, 100 * P, Validity.TOO_VOLATILE, "jump", 749 * P // 10, id="jump-dn"),
     ],
 )
 def test_classify(
@@ -77,9 +69,7 @@ def test_classify(
     ("prices", "policy", "validity", "index"),
     [
         # band 2 % around the median; the outlier is dropped, the median of the rest is kept
-        pytest.param(
-            [100 * P, 101 * P, 150 * P], POLICY, Validity.VALID, 1005 * P // 10, id="outlier-dropped"
-        ),
+        pytest.param([100 * P, 101 * P, 150 * P], POLICY, Validity.VALID, 1005 * P // 10, id="outlier-dropped"),
         # two far from the median of three: no majority agrees
         pytest.param([100 * P, 120 * P, 150 * P], POLICY, Validity.DIVERGENT, None, id="divergent"),
         # five sources, two outliers: three agree

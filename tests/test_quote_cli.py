@@ -234,9 +234,7 @@ def test_quote_liquidation_rounding(side: str, collateral: str, expected: str | 
 def test_quote_leverage_default_and_bracket_cap() -> None:
     btc = {**GOOD, "mmr": None, "maintenance_amount": None, "symbol": "BTCUSDT", "entry_price": "50000"}
     # 100 BTC at 50k = 5M: the 3M-12M bracket allows 50x, so 125x asks for too much: IM = 5M / 50
-    assert (
-        quote({**btc, "size": "100", "leverage": 125, "collateral": "200000"})["initial_margin"] == "100000"
-    )
+    assert quote({**btc, "size": "100", "leverage": 125, "collateral": "200000"})["initial_margin"] == "100000"
     assert quote({**btc, "size": "100", "leverage": 10, "collateral": "200000"})["initial_margin"] == "500000"
     no_lev = {k: v for k, v in btc.items() if k != "leverage"}
     assert quote({**no_lev, "size": "100", "collateral": "200000"})["leverage"] == 50
@@ -258,9 +256,7 @@ def test_quote_cross_other_positions_move_the_price() -> None:
     # another position losing 1 and needing 0.19 maintenance raises this long's liquidation price
     assert Decimal(shared["liquidation_price"]) > Decimal(alone["liquidation_price"])
     assert Decimal(shared["equity"]) == Decimal(alone["equity"]) - 1
-    assert Decimal(shared["total_maintenance_margin"]) == Decimal(alone["maintenance_margin"]) + Decimal(
-        "0.19"
-    )
+    assert Decimal(shared["total_maintenance_margin"]) == Decimal(alone["maintenance_margin"]) + Decimal("0.19")
 
 
 @pytest.mark.parametrize(

@@ -49,9 +49,7 @@ def crash_dir(prices_dir: Path) -> Path:
 
 
 def _slice(crash_dir: Path, limit: int) -> dict[str, object]:
-    return {
-        a: load_candles(crash_dir / f"{a}_USDT-1m.csv.gz").window(_ms(WINDOW), limit) for a in ("BTC", "ETH")
-    }
+    return {a: load_candles(crash_dir / f"{a}_USDT-1m.csv.gz").window(_ms(WINDOW), limit) for a in ("BTC", "ETH")}
 
 
 # --- the stream ----------------------------------------------------------------------------------------
@@ -129,9 +127,7 @@ def test_report_is_deterministic_and_consistent(crash_dir: Path) -> None:
     assert s["ledger_balanced"] is True
     fund = [e for _q, e in recs if isinstance(e, ev.InsuranceFundChanged)]
     end = (
-        Decimal(s["insurance_fund_start_usd"])
-        + Decimal(s["liquidation_fees_usd"])
-        - Decimal(s["insurance_draws_usd"])
+        Decimal(s["insurance_fund_start_usd"]) + Decimal(s["liquidation_fees_usd"]) - Decimal(s["insurance_draws_usd"])
     )
     assert Decimal(s["insurance_fund_end_usd"]) == end
     if fund:
@@ -148,9 +144,7 @@ def test_crash_scenario_is_seeded() -> None:
     btc = a["BTC"]
     assert btc.low.min() < 0.75 * btc.open[0]  # a deep crash
     assert btc.close[-1] > btc.low.min() * 1.1  # and a partial rebound
-    assert np.all(btc.low <= np.minimum(btc.open, btc.close)) and np.all(
-        btc.high >= np.maximum(btc.open, btc.close)
-    )
+    assert np.all(btc.low <= np.minimum(btc.open, btc.close)) and np.all(btc.high >= np.maximum(btc.open, btc.close))
 
 
 # --- the command -----------------------------------------------------------------------------------------

@@ -18,8 +18,22 @@ CRASH = ("binance_spot_1m_2021-04-20_to_2021-05-20_crash_2021-05-19", "BTC_USDT-
 
 def _cmd(data: Path, log: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "fluidmargin", "replay", str(data), "--accounts", "3000", "--seed", "11",
-        "--limit", "5000", "--log", str(log), "--out", str(out), *extra,
+        sys.executable,
+        "-m",
+        "fluidmargin",
+        "replay",
+        str(data),
+        "--accounts",
+        "3000",
+        "--seed",
+        "11",
+        "--limit",
+        "5000",
+        "--log",
+        str(log),
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
@@ -31,16 +45,23 @@ def test_sigkill_mid_replay_loses_no_acknowledged_event(tmp_path: Path) -> None:
     data = shared_path("prices", *CRASH)
     # the uninterrupted run
     full = subprocess.run(
-        _cmd(data, tmp_path / "full.db", tmp_path / "full", "--json"), capture_output=True, text=True,
-        env=_env(), timeout=300, check=True,
+        _cmd(data, tmp_path / "full.db", tmp_path / "full", "--json"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        check=True,
     )
     want = json.loads(full.stdout.strip().splitlines()[-1])["state_hash"]
 
     # the same run, killed after a few acknowledgements
     log = tmp_path / "crash.db"
     proc = subprocess.Popen(
-        _cmd(data, log, tmp_path / "crash", "--ack"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, env=_env(),
+        _cmd(data, log, tmp_path / "crash", "--ack"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
     )
     acked: list[int] = []
     assert proc.stdout is not None
@@ -64,7 +85,11 @@ def test_sigkill_mid_replay_loses_no_acknowledged_event(tmp_path: Path) -> None:
 
     # restart: resumes where the durable log ends and reaches the same state
     again = subprocess.run(
-        _cmd(data, log, tmp_path / "crash", "--json"), capture_output=True, text=True, env=_env(), timeout=300,
+        _cmd(data, log, tmp_path / "crash", "--json"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
         check=True,
     )
     got = json.loads(again.stdout.strip().splitlines()[-1])
@@ -72,7 +97,10 @@ def test_sigkill_mid_replay_loses_no_acknowledged_event(tmp_path: Path) -> None:
     assert got["state_hash"] == want
     verify = subprocess.run(
         [sys.executable, "-m", "fluidmargin", "verify-log", str(log), "--expect-hash", want],
-        capture_output=True, text=True, env=_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["ok"] is True

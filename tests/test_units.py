@@ -106,9 +106,7 @@ def test_parse_decimal_rejects_what_overflows_int64_columns() -> None:
         pytest.param("-1e-1000040", 6, F, -1, id="underflow-floor"),
     ],
 )
-def test_parse_decimal_values(
-    text: str | float | Decimal, decimals: int, rounding: Rounding, expected: int
-) -> None:
+def test_parse_decimal_values(text: str | float | Decimal, decimals: int, rounding: Rounding, expected: int) -> None:
     assert parse_decimal(text, decimals, rounding) == expected
 
 

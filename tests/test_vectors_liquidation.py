@@ -93,12 +93,8 @@ def engine_liquidation(v: dict[str, Any], model: BracketModel) -> tuple[int | No
         o_long = o["side"] == "long"
         on, osd = size_q(o["quantity"])
         o_size = on if o_long else -on
-        o_entry = parse_decimal(
-            dec(o["entry_price"]), PRICE_DECIMALS, Rounding.CEIL if o_long else Rounding.FLOOR
-        )
-        o_mark = parse_decimal(
-            dec(o["mark_price"]), PRICE_DECIMALS, Rounding.FLOOR if o_long else Rounding.CEIL
-        )
+        o_entry = parse_decimal(dec(o["entry_price"]), PRICE_DECIMALS, Rounding.CEIL if o_long else Rounding.FLOOR)
+        o_mark = parse_decimal(dec(o["mark_price"]), PRICE_DECIMALS, Rounding.FLOOR if o_long else Rounding.CEIL)
         o_model = presets.single_rate(dec(o["mmr"]), dec(o["maintenance_amount"]))
         r = position_risk(o_model, o_size, value_quote_q(o_size, o_entry, osd, Rounding.CEIL), 0, o_mark, osd)
         upnl += r.upnl_quote_q

@@ -75,9 +75,7 @@ def test_history_file_has_the_documented_tables(bracket_history: list[dict[str, 
 
 
 @pytest.mark.parametrize("index", range(HISTORY_COUNT), ids=[f"table{i:02d}" for i in range(HISTORY_COUNT)])
-def test_bracket_table_loads_exactly_and_is_continuous(
-    bracket_history: list[dict[str, Any]], index: int
-) -> None:
+def test_bracket_table_loads_exactly_and_is_continuous(bracket_history: list[dict[str, Any]], index: int) -> None:
     table = bracket_history[index]
     model = presets.binance(table["tiers"], table["symbol"])
     assert len(model.brackets) == len(table["tiers"])
@@ -122,9 +120,7 @@ def test_hyperliquid_testnet_btc_deductions() -> None:
     # 3x: mmr 1/6 is rounded UP to 166_667 ppm (requirements never shrink); the deduction then is
     # 6575 + 300k * (0.166667 - 0.1) = 26575.1, 300k * 1e-6 * (1/3) = 0.1 above the published 26575
     assert got[4] == Fraction(265_751, 10)
-    assert got[4] - HL_TESTNET_BTC_DEDUCTIONS[4] == Fraction(300_000) * (
-        Fraction(166_667, PPM) - Fraction(1, 6)
-    )
+    assert got[4] - HL_TESTNET_BTC_DEDUCTIONS[4] == Fraction(300_000) * (Fraction(166_667, PPM) - Fraction(1, 6))
 
 
 @pytest.mark.parametrize(
