@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
 from math import ceil, floor
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -139,6 +139,22 @@ def fund_moves(out: list[ev.Event]) -> list[tuple[int, int, str, str]]:
     return [(o.delta_quote_q, o.balance_quote_q, o.reason, o.fund) for o in of_type(out, ev.InsuranceFundChanged)]
 
 
+def fills(out: list[ev.Event]) -> list[tuple[int, int, int, int, int]]:
+    """AuctionBidFilled as (bidder, size, price, fund PnL, keeper reward)."""
+    return [
+        (f.account_id, f.size_base_q, f.price_q, f.fund_pnl_quote_q, f.keeper_reward_quote_q)
+        for f in of_type(out, ev.AuctionBidFilled)
+    ]
+
+
+def share_moves(out: list[ev.Event]) -> list[tuple[int, int, int, int, int]]:
+    """VaultSharesChanged as (LP, shares, quote moved, total shares, vault equity after)."""
+    return [
+        (o.account_id, o.shares_delta, o.amount_quote_q, o.total_shares, o.vault_equity_quote_q)
+        for o in of_type(out, ev.VaultSharesChanged)
+    ]
+
+
 def rejection(out: list[ev.Event]) -> str:
     rej = of_type(out, ev.InputRejected)
     assert len(rej) == 1, out
@@ -229,13 +245,6 @@ def test_partial_liquidation_lands_exactly_on_the_target(
 
 # --- 1b. the per-account cap spreads a liquidation over windows -----------------------------------------
 
-INCREMENTAL_CLOCK_BUG = (
-    "engine.py _on_ClockAdvanced relies on the incremental screen only; the kernel skips a position whose "
-    "mark and funding index did not move (budget 0 >= a move of 0), so a LIQUIDATING bucket is never "
-    "revisited on a no-move ClockAdvanced, while the reference twin re-checks it (health < 0) and closes "
-    "the rest once the window rolls over: the two screens diverge"
-)
-
 
 @pytest.mark.parametrize(
     ("screen", "trigger"),
@@ -243,12 +252,10 @@ INCREMENTAL_CLOCK_BUG = (
         # FundingSettleRequested re-evaluates the account's buckets exactly (no funding accrues here)
         pytest.param("incremental", "settle", id="incremental-settle"),
         pytest.param("reference", "clock", id="reference-clock"),
-        pytest.param(
-            "incremental",
-            "clock",
-            id="incremental-clock",
-            marks=pytest.mark.xfail(strict=True, reason=INCREMENTAL_CLOCK_BUG),
-        ),
+        # regression: the incremental screen skips a position whose mark and funding index did not move,
+        # so a LIQUIDATING bucket was never revisited on a no-move ClockAdvanced (the reference twin
+        # was): ClockAdvanced must re-check liquidating buckets itself
+        pytest.param("incremental", "clock", id="incremental-clock"),
     ],
 )
 def test_the_per_account_cap_leaves_the_account_liquidating_until_a_later_window(screen: str, trigger: str) -> None:
@@ -283,13 +290,9 @@ def test_the_per_account_cap_leaves_the_account_liquidating_until_a_later_window
     assert d.eng.insurance_q == usd(1_000_000) + 14_357_146
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liquidation.py CloseAtMark._capped: a positive allowance smaller than one quantum's notional "
-    "still closes one quantum (partial.cap_close never returns less than 1), so the account's window "
-    "notional ends above liquidation_max_account_notional_quote_q",
-)
 def test_the_per_account_cap_is_never_exceeded_by_a_leftover_quantum() -> None:
+    # regression: a positive allowance smaller than one quantum's notional used to close one quantum
+    # (partial.cap_close never returns less than 1), taking the window's notional past the cap.
     # State: as above. Parameters: cap 500 USD per window.
     # Expectations: the first close is floor(500e6 / 455) = 1,098,901 quantums (499,999,955 quote q of
     # notional): 45 quote q of allowance are left, less than one quantum (455). A second look in the
@@ -366,8 +369,7 @@ def test_an_auction_clears_at_the_curve_price(
     # Carol bids for the whole lot at exactly the current price (her limit) `dur` seconds in
     d.at(t0, dur)
     out = d.apply(ev.AuctionBid(d.t, AID, CAROL, base("0.2"), price))
-    assert [(f.account_id, f.size_base_q, f.price_q, f.fund_pnl_quote_q, f.keeper_reward_quote_q)
-            for f in of_type(out, ev.AuctionBidFilled)] == [(CAROL, side * base("0.2"), price, fund_pnl, reward)]  # fmt: skip
+    assert fills(out) == [(CAROL, side * base("0.2"), price, fund_pnl, reward)]
     seed = usd(1_000_000)
     assert fund_moves(out) == [
         (fund_pnl, seed + fee + fund_pnl, "auction", "main"),
@@ -390,8 +392,7 @@ def test_an_auction_filled_by_two_bids() -> None:
     #   cost released 9,100 x 1/4 = 2,275 -> fund +22.295; reward 10.1 / 4 = 2.525 USD
     d.at(t0, 12)
     out = d.apply(ev.AuctionBid(d.t, AID, CAROL, base("0.05"), px("45945.9")))
-    assert [(f.size_base_q, f.price_q, f.fund_pnl_quote_q, f.keeper_reward_quote_q)
-            for f in of_type(out, ev.AuctionBidFilled)] == [(base("0.05"), px("45945.9"), usd("22.295"), usd("2.525"))]  # fmt: skip
+    assert fills(out) == [(CAROL, base("0.05"), px("45945.9"), usd("22.295"), usd("2.525"))]
     assert not of_type(out, ev.AuctionFinished)
     assert d.eng.wf.auctions[AID].size == base("0.15")
     # 30 s in: 45,249.75. Dave asks for 1 BTC with a generous limit: he gets the 0.15 left at the
@@ -399,8 +400,7 @@ def test_an_auction_filled_by_two_bids() -> None:
     #   left -> fund -37.5375; the reward left 10.1 - 2.525 = 7.575 USD
     d.at(t0, 30)
     out = d.apply(ev.AuctionBid(d.t, AID, DAVE, base(1), px(50_000)))
-    assert [(f.size_base_q, f.price_q, f.fund_pnl_quote_q, f.keeper_reward_quote_q)
-            for f in of_type(out, ev.AuctionBidFilled)] == [(base("0.15"), px("45249.75"), -usd("37.5375"), usd("7.575"))]  # fmt: skip
+    assert fills(out) == [(DAVE, base("0.15"), px("45249.75"), -usd("37.5375"), usd("7.575"))]
     assert [f.how for f in of_type(out, ev.AuctionFinished)] == ["cleared"]
     # the fund: + fee 45.5 + 22.295 - 2.525 - 37.5375 - 7.575
     assert d.eng.insurance_q == usd(1_000_000) + usd("45.5") + usd("22.295") - usd("2.525") - usd("37.5375") - usd(
@@ -481,16 +481,17 @@ def test_the_backstop_vault_takes_over_a_stale_auction_and_prices_its_shares() -
     d.open(LP2, 10_000)
     # LP1 is first: 10,000 USD buys 10,000e6 shares, one per quantum
     out = d.vault_deposit(LP1, usd(10_000))
-    assert [(o.account_id, o.shares_delta, o.amount_quote_q, o.total_shares, o.vault_equity_quote_q)
-            for o in of_type(out, ev.VaultSharesChanged)] == [(LP1, usd(10_000), usd(10_000), usd(10_000), usd(10_000))]  # fmt: skip
+    assert share_moves(out) == [(LP1, usd(10_000), usd(10_000), usd(10_000), usd(10_000))]
     # alice's 0.2 BTC long is auctioned from 46,410; nobody bids
     _, t0 = alice_breached(d)
     # 61 s in the auction is past its cusp: the vault takes the whole lot at 45,500 x 0.98 = 44,590.
     #   Fund PnL: 0.2 x 44,590 = 8,918 against the 9,100 cost basis: -182 USD
     d.at(t0, 61)
     out = d.apply(ev.ClockAdvanced(d.t))
-    assert [(o.auction_id, o.market, o.size_base_q, o.price_q, o.fund_pnl_quote_q)
-            for o in of_type(out, ev.BackstopTakeover)] == [(AID, BTC, base("0.2"), px(44_590), -usd(182))]  # fmt: skip
+    assert [
+        (o.auction_id, o.market, o.size_base_q, o.price_q, o.fund_pnl_quote_q)
+        for o in of_type(out, ev.BackstopTakeover)
+    ] == [(AID, BTC, base("0.2"), px(44_590), -usd(182))]
     assert [(o.auction_id, o.how) for o in of_type(out, ev.AuctionFinished)] == [(AID, "backstop")]
     assert not of_type(out, ev.AuctionReset)
     assert [(m[0], m[2]) for m in fund_moves(out)] == [(-usd(182), "backstop")]
@@ -502,8 +503,7 @@ def test_the_backstop_vault_takes_over_a_stale_auction_and_prices_its_shares() -
     assert d.eng.wf.vault_equity() == usd(10_282)
     # LP2 deposits 5,141 USD: shares = 5,141 x 10,000 / 10,282 = 5,000 (pro rata to the equity)
     out = d.vault_deposit(LP2, usd(5_141))
-    assert [(o.account_id, o.shares_delta, o.amount_quote_q, o.total_shares, o.vault_equity_quote_q)
-            for o in of_type(out, ev.VaultSharesChanged)] == [(LP2, usd(5_000), usd(5_141), usd(15_000), usd(15_423))]  # fmt: skip
+    assert share_moves(out) == [(LP2, usd(5_000), usd(5_141), usd(15_000), usd(15_423))]
     # BTC 45,000: equity = cash 15,141 + 0.2 x 45,000 - 8,918 = 15,223
     d.price("BTC", "45000")
     assert d.eng.wf.vault_equity() == usd(15_223)
@@ -516,9 +516,7 @@ def test_the_backstop_vault_takes_over_a_stale_auction_and_prices_its_shares() -
     # vault: 15,223 - 4,059.466666 = 11,163.533334 for 11,000 shares
     d.at(requested, 600)
     out = d.apply(ev.VaultWithdrawalClaimed(d.t, LP1))
-    assert [(o.account_id, o.shares_delta, o.amount_quote_q, o.total_shares, o.vault_equity_quote_q)
-            for o in of_type(out, ev.VaultSharesChanged)] == [(LP1, -usd(4_000), -usd("4059.466666"), usd(11_000),
-                                                               usd("11163.533334"))]  # fmt: skip
+    assert share_moves(out) == [(LP1, -usd(4_000), -usd("4059.466666"), usd(11_000), usd("11163.533334"))]
     assert int(d.eng.bal[d.row(LP1), 0]) == usd(10_000) + usd("4059.466666")
     assert d.eng.wf.shares == {LP1: usd(6_000), LP2: usd(5_000)}
 
@@ -665,14 +663,16 @@ def test_batching_strictly_reduces_the_slippage_of_one_tick(impact: ImpactSpec) 
 
 
 @pytest.mark.parametrize("execution", ["impact", "auction"])
-def test_a_fully_netted_tick_executes_nothing_and_the_fund_keeps_the_rounding_residue(execution: str) -> None:
+def test_a_fully_netted_tick_executes_nothing_and_the_fund_keeps_the_rounding_residue(
+    execution: Literal["impact", "auction"],
+) -> None:
     # State: BTC at 50,000.5 (one base quantum is worth 500.005 quote quantums). L and S (800 USD each)
     # hold 0.30000001 BTC long / short @ 50,000.5 (40x) and 1 ETH long @ 3,000 (25x); ETH 3,000 -> 2,400
     # breaches both (equity 200 < mm 187.5.. + 48) and both BTC positions are closed in the same tick.
     # Expectations: sold = bought = 30,000,001, net 0: nothing to auction or send to the market. The
     # cost bases: the long's floor(30,000,001 x 500.005) = floor(15,000,150,500.005) = 15,000,150,500,
     # the short's -ceil(..) = -15,000,150,501: the crossed parts leave 1 quantum, the fund's.
-    d = start(venue(btc=LiquidationPolicy(execution=execution, batch=True, impact=BOOK)))  # type: ignore[arg-type]
+    d = start(venue(btc=LiquidationPolicy(execution=execution, batch=True, impact=BOOK)))
     d.price("BTC", "50000.5")
     size = base("0.30000001")
     for who, side in ((L, +1), (S, -1)):
@@ -684,8 +684,10 @@ def test_a_fully_netted_tick_executes_nothing_and_the_fund_keeps_the_rounding_re
         d.pair(who, BOB, ETH, base(1), px(3_000), leverage=25)
     out = d.price("ETH", "2400")
     assert [(o.account_id, o.size_base_q) for o in of_type(out, ev.PositionLiquidated)] == [(L, size), (S, -size)]
-    assert [(o.sold_base_q, o.bought_base_q, o.net_base_q, o.price_q, o.fund_pnl_quote_q)
-            for o in of_type(out, ev.BatchNetted)] == [(size, size, 0, px("50000.5"), 1)]  # fmt: skip
+    assert [
+        (o.sold_base_q, o.bought_base_q, o.net_base_q, o.price_q, o.fund_pnl_quote_q)
+        for o in of_type(out, ev.BatchNetted)
+    ] == [(size, size, 0, px("50000.5"), 1)]
     assert not of_type(out, ev.LiquidationExecuted) and not of_type(out, ev.AuctionStarted)
     # penalties: ceil(0.005 x ceil(15,000,150,500.005)) = ceil(75,000,752.505) = 75,000,753 each
     assert fund_moves(out)[-1] == (1, usd(1_000_000) + 2 * 75_000_753 + 1, "batch", "main")
@@ -719,8 +721,9 @@ def test_an_own_fund_market_keeps_its_penalties_and_covers_its_isolated_losses(
     assert d.eng.wf.funds == {"main": usd(1_000_000), ETH: usd(100)}
     if mode == "isolated":
         d.open(ALICE, 1_000)
-        d.pair(ALICE, BOB, ETH, base(1), px(3_000), leverage=20, margin_mode="isolated",
-               isolated_margin_quote_q=usd(150))  # fmt: skip
+        d.pair(
+            ALICE, BOB, ETH, base(1), px(3_000), leverage=20, margin_mode="isolated", isolated_margin_quote_q=usd(150)
+        )
     else:
         d.open(ALICE, 150)
         d.pair(ALICE, BOB, ETH, base(1), px(3_000), leverage=20)
@@ -835,8 +838,15 @@ def test_counterparties_too_small_for_adl_leave_the_rest_socialised() -> None:
     # Parameters: binance brackets, an empty fund, no liquidation penalty on BTC (so nothing ever
     # seeds the fund), BTC auctioned without resets (cusp 0, tail 3,600 s).
     # State: X (600 USD) long 0.3 BTC @ 50,000 against Y (500 USD, short 0.2) and A (2,000 USD, short 0.1).
-    d = start(venue(preset="binance", fund_usd=0, btc_fee_ppm=0,
-                    btc=auction_policy(curve="linear", tau_s=3_600, tail_s=3_600, cusp_ppm=0)), bob=False)  # fmt: skip
+    d = start(
+        venue(
+            preset="binance",
+            fund_usd=0,
+            btc_fee_ppm=0,
+            btc=auction_policy(curve="linear", tau_s=3_600, tail_s=3_600, cusp_ppm=0),
+        ),
+        bob=False,
+    )
     d.open(X, 600)
     d.open(Y, 500)
     d.open(A, 2_000)
@@ -850,8 +860,9 @@ def test_counterparties_too_small_for_adl_leave_the_rest_socialised() -> None:
     # price 46,000 + 600 / 0.3 = 48,000. Only A (0.1) is in the queue: it recovers 4,800 - 4,600 = 200;
     # the fund pays those 200 and the remaining 400 USD are socialised
     out = d.price("BTC", "46000")
-    assert [(o.account_id, o.size_base_q, o.price_q, o.rank, o.fund_pnl_quote_q)
-            for o in of_type(out, ev.AutoDeleveraged)] == [(A, base("0.1"), px(48_000), 1, usd(200))]  # fmt: skip
+    assert [
+        (o.account_id, o.size_base_q, o.price_q, o.rank, o.fund_pnl_quote_q) for o in of_type(out, ev.AutoDeleveraged)
+    ] == [(A, base("0.1"), px(48_000), 1, usd(200))]
     assert fund_moves(out) == [(usd(200), usd(200), "adl", "main"), (-usd(200), 0, "shortfall", "main")]
     assert [(o.account_id, o.amount_quote_q, o.fund) for o in of_type(out, ev.BadDebtSocialized)] == [
         (X, usd(400), "main")
@@ -957,8 +968,8 @@ def full_story() -> tuple[Book, int]:
     d.price("BTC", "46000")
     d.open(DAVE, 1_000)
     d.pair(DAVE, BOB, BTC, base("0.2"), px(46_000), leverage=20)
-    _, t1 = d.price("BTC", "41500"), d.t  # dave: equity 1,000 - 900 = 100 < mm 0.2 x 41,500 x 1.25 % = 103.75
-    d.at(t1, 10)
+    d.price("BTC", "41500")  # dave: equity 1,000 - 900 = 100 < mm 0.2 x 41,500 x 1.25 % = 103.75
+    d.at(d.t, 10)
     assert of_type(d.apply(ev.AuctionBid(d.t, "BTC-PERP-2", CAROL, base(1), px(45_000))), ev.AuctionFinished)
     return d, mid
 

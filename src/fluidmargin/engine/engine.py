@@ -1112,6 +1112,11 @@ class Engine:
         for c, spec in enumerate(self.coll):
             if spec.yield_spec is not None:  # yield accrual (and a de-peg it causes) moves with time alone
                 touched.extend(self._remargin_collateral(c))
+        # a capped liquidation waits for its next window, which time alone opens
+        n, k = self.n_acc, self.n_pos
+        touched.extend(Bucket(r) for r in np.flatnonzero(self.status[:n] == LIQUIDATING).tolist())
+        iso = np.flatnonzero((self.pos_status[:k] == LIQUIDATING) & (self.pos_size[:k] != 0) & (self.pos_iso[:k] == 1))
+        touched.extend(Bucket(int(self.pos_acct[p]), p) for p in iso.tolist())
         self._evaluate(touched, out)
         self.wf.poll(None, out)
         self._evaluate([], out)
@@ -1450,14 +1455,16 @@ class Engine:
         """
         from fluidmargin.risk import mass_close as mc
 
-        rows = np.array([b.row for b in cands if b.pos < 0], dtype=np.int64)
+        ca = np.array(cands, dtype=np.int64).reshape(-1, 2)
+        rows = ca[ca[:, 1] < 0, 0]
         p = self.first_pos[rows]
         others = [c for c in range(len(self.coll)) if c != self.quote_c]
         q = np.maximum(p, 0)
         simple = (p >= 0) & (self.pos_next[q] == -1) & (self.pos_iso[q] == 0)
         if others and len(rows):
             simple &= ~self.bal[rows][:, others].any(axis=1)
-        iso_p = np.array([b.pos for b in cands if b.pos >= 0 and self.pos_size[b.pos]], dtype=np.int64)
+        iso_p = ca[ca[:, 1] >= 0, 1]
+        iso_p = iso_p[self.pos_size[iso_p] != 0]
         kinds = ((False, rows[simple], p[simple]), (True, self.pos_acct[iso_p], iso_p))
         done: set[Bucket] = set()
         for m in self.markets:
@@ -1604,8 +1611,7 @@ class Engine:
             self.acct_f[rows, 4] = 0.0
             self.acct_f[rows, 5] = (~closed).astype(np.float64)
         aids = self.acct_id[rows].tolist()
-        for aid, r, qs, c in zip(aids, rows.tolist(), (sign * q).tolist(), cash.tolist(), strict=True):
-            self.wf.orders.append(wfl.Order(m.i, aid, r, qs, c))
+        self.wf.orders.append(wfl.Block(m.i, self.acct_id[rows], sign * q, cash))
         self.pos_c[ps] = self.pos_e[ps] = self.pos_mm[ps] = self.pos_budget[ps] = 0.0
         self.pos_band[ps] = (1.0, 0.0, 0.0, 0.0)
         self._screen(np.sort(ps[~closed]), m)

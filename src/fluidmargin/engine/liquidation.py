@@ -47,8 +47,10 @@ class CloseAtMark:
         if self.max_notional_quote_q:
             q = partial.cap_close(q, self.max_notional_quote_q, m.mark_q, m.spec.size_decimals)
         allowance = eng.wf.account_allowance(int(eng.pos_acct[p]))
-        if allowance is not None:
-            q = partial.cap_close(q, max(allowance, 0), m.mark_q, m.spec.size_decimals) if allowance > 0 else 0
+        if allowance is not None and q:
+            q = partial.cap_close(q, max(allowance, 0), m.mark_q, m.spec.size_decimals)
+            if margin.value_quote_q(abs(q), m.mark_q, m.spec.size_decimals, Rounding.CEIL) > allowance:
+                q = 0  # not even one quantum fits in what is left of this window
         return q
 
     @staticmethod

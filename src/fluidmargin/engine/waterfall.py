@@ -20,10 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fluidmargin.core.units import NS_PER_S, PPM, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, div_round
 from fluidmargin.engine.state import BANKRUPT, LIQUIDATING
 from fluidmargin.model import events as ev
 from fluidmargin.risk import adl, auction, impact, margin
+from fluidmargin.risk import oracle as orc
 
 if TYPE_CHECKING:
     from fluidmargin.engine.engine import Bucket, Engine, _Market
@@ -41,6 +44,16 @@ class Order:
     row: int
     size: int
     cost: int  # the inventory's cost basis: what the account received (+) or paid (-) at the mark
+
+
+@dataclass(slots=True)
+class Block:
+    """Many orders of one market at once, as columns (from the mass-liquidation kernel)."""
+
+    market: int
+    account_ids: np.ndarray
+    sizes: np.ndarray
+    costs: np.ndarray
 
 
 @dataclass(slots=True)
@@ -117,7 +130,7 @@ class Waterfall:
             if m.liquidation.own_fund:
                 self.funds[m.symbol] = m.liquidation.own_fund_quote_q
         self.seed_total = sum(self.funds.values())
-        self.orders: list[Order] = []
+        self.orders: list[Order | Block] = []  # this tick's, in the order they were taken over
         self.auctions: dict[str, Auction] = {}
         self.n_auctions = 0
         self.shares: dict[int, int] = {}
@@ -212,7 +225,9 @@ class Waterfall:
         """
         eng = self.eng
         mine = [
-            o for o in self.orders if o.row == b.row and o.size and (b.pos < 0 or o.market == int(eng.pos_mkt[b.pos]))
+            o
+            for o in self.orders
+            if isinstance(o, Order) and o.row == b.row and o.size and (b.pos < 0 or o.market == int(eng.pos_mkt[b.pos]))
         ]
         mine = [o for o in mine if eng.markets[o.market].spec.liquidation.adl]
         if not mine:
@@ -232,7 +247,7 @@ class Waterfall:
         d = div_round(num, den, Rounding.CEIL)
         s = _sign(o.size)
         price = m.mark_q + d if s > 0 else max(m.mark_q - d, 1)
-        queue = self.adl_queue(m, o.size, exclude=b.row)
+        queue = self.adl_queue(m, o.size, exclude=b.row, need=q)
         fills, _rest = adl.deleverage(queue, q, price)
         for rank, f in enumerate(fills, 1):
             r = eng.row_of[f.account_id]
@@ -252,29 +267,54 @@ class Waterfall:
             eng._resync(r)
             eng._recheck.extend(eng._buckets_of(r))
 
-    def adl_queue(self, m: _Market, bankrupt_size: int, exclude: int = -1) -> tuple[adl.RankedPosition, ...]:
-        """The ADL queue of market ``m`` against a bankrupt position of sign ``bankrupt_size``."""
+    def adl_queue(
+        self, m: _Market, bankrupt_size: int, exclude: int = -1, need: int | None = None
+    ) -> tuple[adl.RankedPosition, ...]:
+        """The ADL queue of market ``m`` against a bankrupt position of sign ``bankrupt_size``.
+
+        With ``need`` (the size to deleverage) and a long queue, only the best candidates by a float
+        estimate of the score, enough to hold eight times ``need`` (and 256 more), are scored exactly
+        and ranked. The estimate is computed from the exact state alone (the position's PnL on the
+        quote balance, or on its isolated margin), so it is the same whatever screen the engine runs;
+        the order and every fill come from exact figures. Without ``need``, every candidate is ranked.
+        """
         eng = self.eng
         col = m.column()
+        sizes = eng.pos_size[col]
+        rows = eng.pos_acct[col]
+        iso = eng.pos_iso[col] == 1
+        st = np.where(iso, eng.pos_status[col], eng.status[rows])
+        keep = (np.sign(sizes) == -_sign(bankrupt_size)) & (rows != exclude) & (st != LIQUIDATING) & (st != BANKRUPT)
+        col = col[keep]
+        if need is not None and len(col) > 256:
+            size_f = eng.pos_size[col].astype(np.float64)
+            value = size_f * float(m.mark_q or 0) * m.kv
+            owed = size_f * (m.fidx - eng.pos_fidx[col]).astype(np.float64) * m.kf
+            upnl = value - eng.pos_cost[col].astype(np.float64) - owed
+            base = np.where(
+                eng.pos_iso[col] == 1, eng.pos_iso_margin[col], eng.bal[eng.pos_acct[col], eng.quote_c]
+            ).astype(np.float64)
+            entry = np.maximum(np.abs(eng.pos_cost[col].astype(np.float64)), 1.0)
+            pct = upnl / entry
+            lev = np.abs(value) / np.maximum(base + upnl, 1.0)
+            score = np.where(pct > 0, pct * lev, pct / np.maximum(lev, 1e-300))
+            order = np.lexsort((col, -score))
+            cum = np.cumsum(np.abs(eng.pos_size[col[order]]))
+            k = int(np.searchsorted(cum, 8 * need)) + 256
+            col = np.sort(col[order[:k]])
         cands = []
         for p in col.tolist():
-            size = int(eng.pos_size[p])
             r = int(eng.pos_acct[p])
-            if size == 0 or _sign(size) == _sign(bankrupt_size) or r == exclude:
-                continue
-            if eng._status_of(eng._bucket_of(p)) in (LIQUIDATING, BANKRUPT):
-                continue
             risk = eng.bucket_risk(eng._bucket_of(p))
             if risk.equity_quote_q <= 0 or m.mark_q is None:
                 continue
-            pr = eng.position_risk(p)
-            entry = abs(int(eng.pos_cost[p]))
+            size = int(eng.pos_size[p])
+            entry_q = abs(int(eng.pos_cost[p]))
             mark_n = margin.value_quote_q(abs(size), m.mark_q, m.spec.size_decimals, Rounding.CEIL)
-            if entry <= 0 or mark_n <= 0:
+            if entry_q <= 0 or mark_n <= 0:
                 continue
-            cands.append(
-                adl.AdlCandidate(int(eng.acct_id[r]), size, pr.upnl_quote_q, entry, mark_n, risk.equity_quote_q)
-            )
+            upnl = eng.position_risk(p).upnl_quote_q
+            cands.append(adl.AdlCandidate(int(eng.acct_id[r]), size, upnl, entry_q, mark_n, risk.equity_quote_q))
         return adl.adl_queue(cands, bankrupt_size)
 
     def flush(self, out: list[ev.Event]) -> None:
@@ -282,26 +322,40 @@ class Waterfall:
         if not self.orders:
             return
         eng = self.eng
-        by_market: dict[int, list[Order]] = {}
+        by_market: dict[int, list[Order | Block]] = {}
         for o in self.orders:
-            if o.size:
-                by_market.setdefault(o.market, []).append(o)
+            by_market.setdefault(o.market, []).append(o)
         self.orders = []
         for mi in sorted(by_market):
             m = eng.markets[mi]
-            pol = m.spec.liquidation
             orders = by_market[mi]
-            if pol.batch:
-                size = sum(o.size for o in orders)
-                cost = sum(o.cost for o in orders)
-                sold = sum(o.size for o in orders if o.size > 0)
+            if m.spec.liquidation.batch:
+                size = cost = sold = 0
+                ids: set[int] = set()
+                for o in orders:
+                    if isinstance(o, Block):
+                        size += int(o.sizes.sum())
+                        cost += int(o.costs.astype(object).sum())
+                        sold += int(o.sizes[o.sizes > 0].sum())
+                        ids.update(o.account_ids.tolist())
+                    elif o.size:
+                        size += o.size
+                        cost += o.cost
+                        sold += max(o.size, 0)
+                        ids.add(o.account_id)
+                if not ids:
+                    continue
                 residue = -cost if size == 0 else 0
                 out.append(ev.BatchNetted(eng.now_ns, m.spec.symbol, sold, sold - size, size, m.mark_q or 0, residue))
-                lots = [(size, cost, tuple(sorted({o.account_id for o in orders})))]
-            else:
-                lots = [(o.size, o.cost, (o.account_id,)) for o in orders]
-            for size, cost, accounts in lots:
-                self._execute(m, size, cost, accounts, out)
+                self._execute(m, size, cost, tuple(sorted(ids)), out)
+                continue
+            for o in orders:
+                if isinstance(o, Block):
+                    for a, sz, c in zip(o.account_ids.tolist(), o.sizes.tolist(), o.costs.tolist(), strict=True):
+                        if sz:
+                            self._execute(m, sz, c, (a,), out)
+                elif o.size:
+                    self._execute(m, o.size, o.cost, (o.account_id,), out)
 
     def _execute(self, m: _Market, size: int, cost: int, accounts: tuple[int, ...], out: list[ev.Event]) -> None:
         eng = self.eng
@@ -415,6 +469,7 @@ class Waterfall:
         if a is None:
             return f"auction {e.auction_id!r} is unknown or finished"
         self.poll({a.market}, out)
+        eng._evaluate([], out)  # whatever a takeover touched is settled before the bid is judged
         a = self.auctions.get(e.auction_id)
         if a is None:
             return f"auction {e.auction_id} finished before the bid (taken over by the backstop)"
@@ -448,7 +503,7 @@ class Waterfall:
         a.cost -= released
         a.incentive_left_q -= reward
         out.append(ev.AuctionBidFilled(eng.now_ns, a.auction_id, e.account_id, delta, price, pnl, reward))
-        self._fund_pnl(a.fund, pnl, "auction", e.account_id, out)
+        self._fund_pnl(a.fund, pnl, "auction", a.accounts[0] if len(a.accounts) == 1 else -1, out)
         if reward:
             pay = min(reward, max(self.funds[a.fund], 0))  # the incentive comes from penalties only
             if pay:
@@ -536,6 +591,9 @@ class Waterfall:
             return f"insufficient {eng.cfg.quote} balance"
         if eng.status[r] != 0:
             return "only a healthy account can provide liquidity"
+        blocked = eng._oracle_blocked(eng._cross_assets(r), orc.Action.OPEN)
+        if blocked:
+            return blocked
         vr = eng.vault_row()
         eq = self.vault_equity()
         if self.total_shares and eq <= 0:
