@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fluidmargin demo --out out/demo
+	$(BIN)/fluidmargin demo --out out/demo --liquidation waterfall
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_liquidation.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

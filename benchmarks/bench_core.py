@@ -119,9 +119,10 @@ def bench_ticks(args: argparse.Namespace) -> None:
         # tick-to-decision: health updated, breaches found and confirmed (before they are executed)
         times.append((decided[0] if decided else t_end) - t)
         applied.append(t_end - t)
-        liq_per_tick.append(sum(1 for _s, o in r if isinstance(o, ev.PositionLiquidated)))
+        outs = ev.expand([o for _s, o in r])  # the mass-close kernel's columnar events, per account
+        liq_per_tick.append(sum(1 for o in outs if isinstance(o, ev.PositionLiquidated)))
         liq += liq_per_tick[-1]
-        flagged_outputs += sum(1 for _s, o in r if isinstance(o, ev.AccountStatusChanged))
+        flagged_outputs += sum(1 for o in outs if isinstance(o, ev.AccountStatusChanged))
         if i < args.ref_ticks:
             outputs_inc.append([o.to_dict() for _s, o in r])
     ms = np.array(times) / 1e6
@@ -220,7 +221,7 @@ def bench_month(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     for e in events:
         for _s, o in eng.apply(e):
-            liq += isinstance(o, ev.PositionLiquidated)
+            liq += len(o.account_ids) if isinstance(o, ev.PositionsLiquidated) else isinstance(o, ev.PositionLiquidated)
     dt = time.perf_counter() - t
     out("replay_month_s", round(dt, 2))
     out(

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         log.append(recs)
     del recs
     gc.collect()
+    gc.freeze()  # the long-lived book leaves the collector's view, as a long-running engine process does
     out("setup_s", round(time.perf_counter() - t, 1))
     out("accounts", eng.n_acc)
     warm_kernels()

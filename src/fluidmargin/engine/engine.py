@@ -11,6 +11,7 @@ exposed bucket: the twin the property tests compare against (same events, same s
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -1371,7 +1372,7 @@ class Engine:
         return Bucket(int(self.pos_acct[p]), p) if self.pos_iso[p] else Bucket(int(self.pos_acct[p]))
 
     def _evaluate_once(self, flagged: Iterable[Bucket], out: list[ev.Event]) -> None:
-        cands = sorted(set(flagged), key=lambda b: (b.row, b.pos))
+        cands = sorted(set(flagged))  # by row, then position (a Bucket is a tuple)
         breaches: list[tuple[int, int, int, Bucket]] = []
         known: dict[Bucket, BucketRisk] = {}
         self._simple_pos = {}
@@ -1455,7 +1456,7 @@ class Engine:
         """
         from fluidmargin.risk import mass_close as mc
 
-        ca = np.array(cands, dtype=np.int64).reshape(-1, 2)
+        ca = np.fromiter(itertools.chain.from_iterable(cands), dtype=np.int64, count=2 * len(cands)).reshape(-1, 2)
         rows = ca[ca[:, 1] < 0, 0]
         p = self.first_pos[rows]
         others = [c for c in range(len(self.coll)) if c != self.quote_c]
@@ -1518,34 +1519,49 @@ class Engine:
         cfg = self.cfg
         if cfg.liquidation_max_notional_quote_q or cfg.liquidation_max_account_notional_quote_q:
             return breaches
-        groups: dict[tuple[int, bool], list[tuple[int, int, int, int]]] = {}
-        vault = self.cfg.backstop.account_id if self.cfg.backstop else -1
-        for i, (h, _mm, aid, b) in enumerate(breaches):
-            p = self._simple_pos.get(b, -1)
-            if p < 0 or aid == vault or self._status_of(b) == LIQUIDATING:
-                continue
-            groups.setdefault((int(self.pos_mkt[p]), b.pos >= 0), []).append((i, b.row, p, h))
-        handled: set[int] = set()
-        for mi, iso in sorted(groups):
-            g = groups[(mi, iso)]
-            m = self.markets[mi]
+        sp = self._simple_pos
+        n = len(breaches)
+        h = np.fromiter((t[0] for t in breaches), dtype=np.int64, count=n)
+        aid = np.fromiter((t[2] for t in breaches), dtype=np.int64, count=n)
+        row = np.fromiter((t[3].row for t in breaches), dtype=np.int64, count=n)
+        pos = np.fromiter((t[3].pos for t in breaches), dtype=np.int64, count=n)
+        p = np.fromiter((sp.get(t[3], -1) for t in breaches), dtype=np.int64, count=n)
+        q = np.maximum(p, 0)
+        st = np.where(pos >= 0, self.pos_status[q], self.status[row])
+        ok = (p >= 0) & (st != LIQUIDATING)
+        if self.cfg.backstop is not None:
+            ok &= aid != self.cfg.backstop.account_id
+        mk = self.pos_mkt[q]
+        done = np.zeros(n, dtype=bool)
+        for m in self.markets:
             if not self._simple_plain(m):
                 continue
-            handled.update(self._mass_close_market(m, iso, g, out))
-        return [t for i, t in enumerate(breaches) if i not in handled]
+            for iso in (False, True):
+                sel = np.flatnonzero(ok & (mk == m.i) & ((pos >= 0) == iso))
+                if len(sel):
+                    handled = self._mass_close_market(m, iso, sel, row[sel], p[sel], h[sel], out)
+                    done[sel[handled]] = True
+        if not done.any():
+            return breaches
+        return [t for t, d in zip(breaches, done.tolist(), strict=True) if not d]
 
     def _mass_close_market(
-        self, m: _Market, iso: bool, g: list[tuple[int, int, int, int]], out: list[ev.Event]
-    ) -> list[int]:
+        self,
+        m: _Market,
+        iso: bool,
+        idx: np.ndarray,
+        rows: np.ndarray,
+        ps: np.ndarray,
+        hb: np.ndarray,
+        out: list[ev.Event],
+    ) -> np.ndarray:
+        """Run the close kernel over one market's simple breaches (cross or isolated); returns the
+        positions in ``idx`` it settled."""
         from fluidmargin.risk import mass_close as mc
 
-        idx = np.array([x[0] for x in g], dtype=np.int64)
-        rows = np.array([x[1] for x in g], dtype=np.int64)
-        ps = np.array([x[2] for x in g], dtype=np.int64)
-        hb = np.array([x[3] for x in g], dtype=np.int64)
         sd = m.spec.size_decimals
         assert m.mark_q is not None
-        res = np.zeros((len(g), 11), dtype=np.int64)
+        res = np.zeros((len(idx), 11), dtype=np.int64)
         mc.mass_close(
             self.pos_size[ps],
             self.pos_cost[ps],
@@ -1567,7 +1583,7 @@ class Engine:
         if int(sf.sum()) > max(self.wf.funds[fund], 0):
             ok &= sf == 0
         if not ok.any():
-            return []
+            return np.zeros(0, dtype=np.int64)
         rows, ps, hb, res, sf = rows[ok], ps[ok], hb[ok], res[ok], sf[ok]
         size0 = self.pos_size[ps].copy()
         sign = np.sign(size0)
@@ -1636,8 +1652,7 @@ class Engine:
         self.wf.fund_in(self.wf.fund_of_market(m.i), int(fee.sum()), "liquidation_fee", -1, out)
         if sf.any():
             self.wf.fund_out(fund, int(sf.sum()), "shortfall", -1, out)
-        handled: list[int] = idx[ok].tolist()
-        return handled
+        return np.flatnonzero(ok)
 
     def _has_positions(self, b: Bucket) -> bool:
         if b.pos >= 0:
