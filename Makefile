@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
-	$(BIN)/python -m pytest -n 2 -q
+	FLUIDMARGIN_TEST_PG_URL="$$(bash scripts/postgres.sh)" $(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py

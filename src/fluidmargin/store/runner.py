@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.events import Event
+from fluidmargin.store.backend import LogBackend, create_log, describe, log_exists, open_log
 from fluidmargin.store.log import EventLog, loggable_payload
 from fluidmargin.store.replay import ReplayMismatch, replay
 from fluidmargin.store.snapshot import load_latest, write_snapshot
 
 
 class Runner:
-    """Feeds inputs to an :class:`Engine` and makes its records durable in an :class:`EventLog`.
+    """Feeds inputs to an :class:`Engine` and makes its records durable in an event log.
+
+    The log is any object with :class:`EventLog`'s API (:class:`~fluidmargin.store.backend.LogBackend`):
+    a SQLite :class:`EventLog` or a PostgreSQL :class:`~fluidmargin.store.pg.PgEventLog`.
 
     Records are buffered and committed every ``group_size`` records (never splitting one input's
     records); :meth:`flush` commits now and returns the last durable seq: the acknowledgement point.
@@ -27,7 +32,12 @@ class Runner:
     inputs_applied: int  # input events in the log plus those submitted since (to resume an input stream)
 
     def __init__(
-        self, log: EventLog, engine: Engine, snapshot_dir: Path | None, group_size: int, checkpoint_every: int = 100_000
+        self,
+        log: LogBackend,
+        engine: Engine,
+        snapshot_dir: Path | None,
+        group_size: int,
+        checkpoint_every: int = 100_000,
     ) -> None:
         self.log = log
         self.engine = engine
@@ -46,7 +56,7 @@ class Runner:
     @classmethod
     def open_or_create(
         cls,
-        path: str | Path,
+        path: str | Path | LogBackend,
         config: EngineConfig | None = None,
         snapshot_dir: str | Path | None = None,
         screen: str = "incremental",
@@ -55,28 +65,34 @@ class Runner:
     ) -> Runner:
         """Create a new log (needs ``config``) or recover an existing one.
 
+        ``path``: a file path, a URL (``sqlite:///PATH``, ``postgresql://...?schema=NAME``; see
+        :mod:`fluidmargin.store.backend`) or an already open log object, which the runner then owns.
         Recovery restores the newest valid snapshot in ``snapshot_dir`` (if any), replays the rest of
         the log verifying every seq and output, and checks the stored checkpoint hash.
         """
         for name, v in (("group_size", group_size), ("checkpoint_every", checkpoint_every)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValidationError(f"{name} must be a positive integer, not {v!r}")
-        path = Path(path)
         sdir = Path(snapshot_dir) if snapshot_dir is not None else None
-        if not path.exists():
-            if config is None:
-                raise ValidationError(f"{path} does not exist and no engine config was given to create it")
-            log = EventLog.create(path, config)
-            return cls(log, Engine(config, screen=screen), sdir, group_size, checkpoint_every)
-        log = EventLog.open(path)
+        log: LogBackend
+        if isinstance(path, str | Path):
+            where = describe(path)
+            if not log_exists(path):
+                if config is None:
+                    raise ValidationError(f"{where} does not exist and no engine config was given to create it")
+                log = create_log(path, config)
+                return cls(log, Engine(config, screen=screen), sdir, group_size, checkpoint_every)
+            log = open_log(path)
+        else:
+            log, where = path, str(path.path)
         try:
             if config is not None and config.to_dict() != log.config.to_dict():
-                raise ValidationError(f"{path} was created with a different engine config")
-            restored, skipped = load_latest(sdir, log, screen)
+                raise ValidationError(f"{where} was created with a different engine config")
+            restored, skipped = load_latest(sdir, _typed(log), screen)
             engine = restored.engine if restored else Engine(log.config, screen=screen)
             start = engine.seq
             cseq, chash = log.checkpoint()
-            stats = replay(log, engine, hash_at=[cseq])
+            stats = replay(_typed(log), engine, hash_at=[cseq])
             if cseq >= start:
                 if cseq not in stats.hashes:
                     raise ReplayMismatch(cseq, "the stored checkpoint is not at the end of an input's records")
@@ -138,7 +154,7 @@ class Runner:
         if self.snapshot_dir is None:
             raise ValidationError("no snapshot directory was given to this runner")
         self._commit(checkpoint=True)
-        return write_snapshot(self.snapshot_dir, self.engine, self.log)
+        return write_snapshot(self.snapshot_dir, self.engine, _typed(self.log))
 
     def close(self) -> None:
         """Commit what is buffered with a checkpoint and close the log. Safe to call twice."""
@@ -156,3 +172,8 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _typed(log: LogBackend) -> EventLog:
+    """``log`` for the functions annotated with EventLog (replay, snapshots), which use only its API."""
+    return cast(EventLog, log)
