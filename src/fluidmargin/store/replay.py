@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model.events import EVENT_TYPES, Event, event_from_dict
-from fluidmargin.store.log import EventLog, LogCorruptError, encode_event
+from fluidmargin.store.log import LogCorruptError, encode_event
+
+if TYPE_CHECKING:
+    from fluidmargin.store.backend import LogBackend
 
 
 class ReplayMismatch(FluidMarginError):
@@ -31,7 +35,7 @@ class ReplayStats:
     hashes: dict[int, str] = field(default_factory=dict)  # state hash at each requested seq
 
 
-def replay(log: EventLog, engine: Engine, hash_at: Iterable[int] = ()) -> ReplayStats:
+def replay(log: LogBackend, engine: Engine, hash_at: Iterable[int] = ()) -> ReplayStats:
     """Apply every input after ``engine.seq`` in seq order, verifying outputs against the log.
 
     ``hash_at``: seqs (ends of an input's records) at which to record the engine's state hash.

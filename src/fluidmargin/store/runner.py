@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.events import Event
 from fluidmargin.store.backend import LogBackend, create_log, describe, log_exists, open_log
-from fluidmargin.store.log import EventLog, loggable_payload
+from fluidmargin.store.log import loggable_payload
 from fluidmargin.store.replay import ReplayMismatch, replay
 from fluidmargin.store.snapshot import load_latest, write_snapshot
 
@@ -88,11 +87,11 @@ class Runner:
         try:
             if config is not None and config.to_dict() != log.config.to_dict():
                 raise ValidationError(f"{where} was created with a different engine config")
-            restored, skipped = load_latest(sdir, _typed(log), screen)
+            restored, skipped = load_latest(sdir, log, screen)
             engine = restored.engine if restored else Engine(log.config, screen=screen)
             start = engine.seq
             cseq, chash = log.checkpoint()
-            stats = replay(_typed(log), engine, hash_at=[cseq])
+            stats = replay(log, engine, hash_at=[cseq])
             if cseq >= start:
                 if cseq not in stats.hashes:
                     raise ReplayMismatch(cseq, "the stored checkpoint is not at the end of an input's records")
@@ -154,7 +153,7 @@ class Runner:
         if self.snapshot_dir is None:
             raise ValidationError("no snapshot directory was given to this runner")
         self._commit(checkpoint=True)
-        return write_snapshot(self.snapshot_dir, self.engine, _typed(self.log))
+        return write_snapshot(self.snapshot_dir, self.engine, self.log)
 
     def close(self) -> None:
         """Commit what is buffered with a checkpoint and close the log. Safe to call twice."""
@@ -172,8 +171,3 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _typed(log: LogBackend) -> EventLog:
-    """``log`` for the functions annotated with EventLog (replay, snapshots), which use only its API."""
-    return cast(EventLog, log)

@@ -16,11 +16,10 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluidmargin.core.errors import FluidMarginError
 from fluidmargin.engine.engine import Engine
-from fluidmargin.store.log import EventLog
 
 MAGIC = b"FMSNAP01"
 _HEADER = struct.Struct("<8sQQ32s")
@@ -33,6 +32,9 @@ _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "_reconstruct"),
 }
+
+if TYPE_CHECKING:
+    from fluidmargin.store.backend import LogBackend
 
 
 class SnapshotError(FluidMarginError):
@@ -64,14 +66,14 @@ def list_snapshots(snapshot_dir: str | Path) -> list[tuple[int, Path]]:
     return out
 
 
-def _payload_sha(log: EventLog, seq: int) -> str:
+def _payload_sha(log: LogBackend, seq: int) -> str:
     if seq == 0:
         return ""
     payload = log.payload_at(seq)
     return "" if payload is None else hashlib.sha256(payload).hexdigest()
 
 
-def write_snapshot(snapshot_dir: str | Path, engine: Engine, log: EventLog, keep: int = 3) -> Path:
+def write_snapshot(snapshot_dir: str | Path, engine: Engine, log: LogBackend, keep: int = 3) -> Path:
     """Write the engine's state (which must cover exactly the log's committed records) atomically.
 
     Temp file in the same directory, fsync, ``os.replace``, fsync the directory; then keep only the
@@ -117,7 +119,7 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_snapshot(path: str | Path, log: EventLog, screen: str = "incremental") -> Restored:
+def load_snapshot(path: str | Path, log: LogBackend, screen: str = "incremental") -> Restored:
     """Load and check one snapshot against ``log``; any problem is a SnapshotError naming the file."""
     path = Path(path)
     try:
@@ -163,7 +165,7 @@ def load_snapshot(path: str | Path, log: EventLog, screen: str = "incremental") 
 
 
 def load_latest(
-    snapshot_dir: str | Path | None, log: EventLog, screen: str = "incremental"
+    snapshot_dir: str | Path | None, log: LogBackend, screen: str = "incremental"
 ) -> tuple[Restored | None, list[str]]:
     """The newest snapshot that loads and checks out, and the reasons the newer ones were skipped."""
     skipped: list[str] = []

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluidmargin.engine.engine import Engine
-from fluidmargin.store.log import EventLog, LogCorruptError
+from fluidmargin.store.log import LogCorruptError
 from fluidmargin.store.replay import ReplayMismatch, replay
 from fluidmargin.store.snapshot import load_latest
 
+if TYPE_CHECKING:
+    from fluidmargin.store.backend import LogBackend
 
-def verify_log(log: EventLog, snapshot_dir: str | Path | None = None, expect_hash: str | None = None) -> dict[str, Any]:
+
+def verify_log(
+    log: LogBackend, snapshot_dir: str | Path | None = None, expect_hash: str | None = None
+) -> dict[str, Any]:
     """A report dict; ``ok`` is true when replay reproduced every logged record, the state hash at the
     checkpoint's seq equals the stored checkpoint, the snapshot route (if any) agrees, and the final
     hash equals ``expect_hash`` (if given)."""
