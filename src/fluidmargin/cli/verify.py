@@ -10,13 +10,15 @@ import orjson
 import typer
 
 from fluidmargin.cli.main import app
-from fluidmargin.store.log import EventLog, LogFormatError
+from fluidmargin.core.errors import ValidationError
+from fluidmargin.store.backend import open_log
+from fluidmargin.store.log import LogFormatError
 from fluidmargin.store.verify import verify_log
 
 
 @app.command("verify-log")
 def verify_log_cmd(
-    log: Annotated[Path, typer.Argument(help="event log file (SQLite)")],
+    log: Annotated[str, typer.Argument(help="event log: a SQLite file or a postgresql:// URL")],
     snapshots: Annotated[
         Path | None, typer.Option("--snapshots", help="also replay from the latest snapshot here")
     ] = None,
@@ -24,8 +26,8 @@ def verify_log_cmd(
 ) -> None:
     """Replay LOG from empty, check every output; print one JSON line. Exit 0 ok, 1 mismatch, 2 bad file."""
     try:
-        elog = EventLog.open(log, readonly=True)
-    except LogFormatError as e:
+        elog = open_log(log, readonly=True)
+    except (LogFormatError, ValidationError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     try:
