@@ -320,7 +320,16 @@ class Vault:
     frac_ppm: int
 
 
-Step = Open | Deposit | Withdraw | PairFill | Tick | Slide | Squeeze | Clock | Settle | Seed | Bad | Bid | Vault
+@dataclass(frozen=True)
+class Admin:
+    """An operator action: 0 halt, 1 resume, 2 an engine parameter, 3 a market parameter, 4 a bad one."""
+
+    kind: int
+    market: int
+    value: int
+
+
+Step = Open | Deposit | Withdraw | PairFill | Tick | Slide | Squeeze | Clock | Settle | Seed | Bad | Bid | Vault | Admin
 
 BAD_PRICES = ("NaN", "nan", "inf", "-inf", "-5", "0", "abc", "1e40", "", "1e", "--1")
 N_BAD_KINDS = 12
@@ -381,6 +390,7 @@ step_strategy: st.SearchStrategy[Step] = st.one_of(
         st.sampled_from([100_000, 1_000_000]),
         st.sampled_from([0, 5_000]),
     ),
+    st.builds(Admin, st.integers(0, 4), st.integers(0, 1), st.integers(0, 3)),
     st.builds(
         Vault,
         st.sampled_from([0, 0, 1, 2]),
@@ -812,6 +822,32 @@ class _Builder:
         else:
             self.emit(ev.VaultWithdrawalClaimed(t, aid, event_id=self._id()))
 
+    def admin(self, s: Admin) -> None:
+        t = self.step_time()
+        market = ("BTC-PERP", "ETH-PERP")[s.market]
+        if s.kind == 0:
+            self.emit(ev.MarketHaltRequested(t, market, "test", event_id=self._id()))
+        elif s.kind == 1:
+            self.emit(ev.MarketResumeRequested(t, market, event_id=self._id()))
+        elif s.kind == 2:
+            name, value = [
+                ("at_risk_buffer_ppm", 100_000),
+                ("at_risk_exit_ppm", 500_000),
+                ("liquidation_target_ppm", 50_000),
+                ("mass_close_min", 1),
+            ][s.value]
+            self.emit(ev.ParameterChangeRequested(t, "", name, value, event_id=self._id()))
+        elif s.kind == 3:
+            name, value = [
+                ("liquidation_fee_ppm", 2_000),
+                ("liquidation.batch", 1),
+                ("liquidation.adl", 0),
+                ("liquidation_fee_ppm", 10_000),
+            ][s.value]
+            self.emit(ev.ParameterChangeRequested(t, market, name, value, event_id=self._id()))
+        else:
+            self.emit(ev.ParameterChangeRequested(t, market, "size_decimals", 3, event_id=self._id()))
+
     def run(self, steps: list[Step]) -> Scenario:
         self.prelude()
         table = {
@@ -828,6 +864,7 @@ class _Builder:
             Bad: self.bad,
             Bid: self.bid,
             Vault: self.vault,
+            Admin: self.admin,
         }
         for s in steps:
             table[type(s)](s)  # type: ignore[operator]

@@ -143,7 +143,8 @@ def check_screen(eng: Engine, fresh: Freshness, e: ev.Event) -> None:
         #     and every status matches its exact class (with the band: enter below `enter`, leave at `leave`)
         blocked = eng._oracle_blocked(eng._bucket_assets(b), orc.Action.LIQUIDATE)
         # a capped partial liquidation leaves the bucket `liquidating` until later events finish it
-        capped = eng.cfg.liquidation_max_notional_quote_q > 0 and eng._status_of(b) == LIQUIDATING
+        caps = eng.cfg.liquidation_max_notional_quote_q or eng.cfg.liquidation_max_account_notional_quote_q
+        capped = caps > 0 and eng._status_of(b) == LIQUIDATING
         assert not (h < 0 and not blocked and not capped), f"missed breach: {b} health {h} after {e!r}"
         status = eng._status_of(b)
         if status == BANKRUPT or h < 0:
@@ -384,8 +385,8 @@ def test_liquidations_end_at_maintenance_or_in_bankruptcy(scn: Scenario) -> None
             if o.new == "liquidating":
                 assert o.health_quote_q < 0, f"liquidating a bucket that is not in breach: {o!r}"
             if o.old == "liquidating":
-                assert o.new in ("healthy", "bankrupt"), o
-                if o.new == "healthy" and o.bucket == "cross":
+                assert o.new in ("healthy", "at_risk", "bankrupt"), o
+                if o.new in ("healthy", "at_risk") and o.bucket == "cross":
                     assert o.health_quote_q >= 0, o
         for r in range(eng.n_acc):
             if eng.status[r] == BANKRUPT:

@@ -10,6 +10,7 @@ exposed bucket: the twin the property tests compare against (same events, same s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fluidmargin.core.errors import InvariantViolation
+from fluidmargin.core.errors import InvariantViolation, ValidationError
 from fluidmargin.core.units import (
     FUNDING_SCALE,
     MAX_QUANTUMS,
@@ -41,6 +42,7 @@ from fluidmargin.risk import funding as fnd
 from fluidmargin.risk import oracle as orc
 
 YEAR_NS = 365 * 24 * 3600 * NS_PER_S
+MANUAL_HALT = "operator:"
 ISO_BUCKET = "isolated:"
 
 
@@ -172,11 +174,7 @@ class Engine:
         self.seq = 0
         self.seen_ids: set[str] = set()  # every id ever accepted (an id is consumed even if its input was rejected)
         self._ids_acc = 0  # order-independent digest of seen_ids, so hashing does not walk the set
-        self.liquidator: liq.Liquidator = (
-            liq.PartialToTarget(config.liquidation_target_ppm, config.liquidation_max_notional_quote_q)
-            if config.liquidation == "partial"
-            else liq.CloseAtMark(config.liquidation_max_notional_quote_q)
-        )
+        self.liquidator: liq.Liquidator = self._make_liquidator(config)
         # accounts
         self.n_acc = 0
         self.row_of: dict[int, int] = {}
@@ -1050,9 +1048,110 @@ class Engine:
             self._halt(asset, why, out)
             return
         for m in self.markets_of_asset[asset]:
-            if m.spec.symbol in self.halted:
+            why = self.halted.get(m.spec.symbol, "")
+            if why and not why.startswith(MANUAL_HALT):  # an operator's halt waits for the operator
                 del self.halted[m.spec.symbol]
                 out.append(ev.MarketResumed(self.now_ns, m.spec.symbol))
+
+    def _on_MarketHaltRequested(self, e: ev.MarketHaltRequested, out: list[ev.Event]) -> str:
+        m = self.market_idx.get(e.market)
+        if m is None:
+            return f"unknown market {e.market!r}"
+        if self.halted.get(e.market, "").startswith(MANUAL_HALT):
+            return f"market {e.market} is already halted by an operator"
+        self.halted[e.market] = f"{MANUAL_HALT} {e.reason}".strip()
+        out.append(ev.MarketHalted(self.now_ns, e.market, self.halted[e.market]))
+        return ""
+
+    def _on_MarketResumeRequested(self, e: ev.MarketResumeRequested, out: list[ev.Event]) -> str:
+        if e.market not in self.market_idx:
+            return f"unknown market {e.market!r}"
+        if not self.halted.get(e.market, "").startswith(MANUAL_HALT):
+            return f"market {e.market} is not halted by an operator"
+        del self.halted[e.market]
+        out.append(ev.MarketResumed(self.now_ns, e.market))
+        return ""
+
+    # engine-wide and per-market parameters an operator may change (dotted: nested config fields)
+    PARAMETERS: tuple[str, ...] = (
+        "at_risk_buffer_ppm",
+        "at_risk_exit_ppm",
+        "liquidation_target_ppm",
+        "liquidation_max_notional_quote_q",
+        "liquidation_max_account_notional_quote_q",
+        "liquidation_account_window_ns",
+        "breaker_band_ppm",
+        "breaker_window_ns",
+        "mass_close_min",
+    )
+    MARKET_PARAMETERS: tuple[str, ...] = (
+        "liquidation_fee_ppm",
+        "liquidation.batch",
+        "liquidation.adl",
+        "liquidation.backstop_discount_ppm",
+        "liquidation.auction.buf_ppm",
+        "liquidation.auction.tail_s",
+        "liquidation.auction.cusp_ppm",
+        "liquidation.auction.tau_s",
+        "liquidation.auction.cut_ppm",
+        "liquidation.auction.step_s",
+        "liquidation.auction.chip_ppm",
+        "liquidation.auction.tip_quote_q",
+        "liquidation.impact.daily_volume_base_q",
+        "liquidation.impact.sigma_ppm",
+        "liquidation.impact.coefficient_ppm",
+    )
+
+    def _on_ParameterChangeRequested(self, e: ev.ParameterChangeRequested, out: list[ev.Event]) -> str:
+        """Change one parameter: validated by the config's own checks, then everything re-margined."""
+        if abs(e.value) > MAX_QUANTUMS:
+            return "value out of bounds"
+        try:
+            if e.market:
+                m = self.market_idx.get(e.market)
+                if m is None:
+                    return f"unknown market {e.market!r}"
+                if e.name not in self.MARKET_PARAMETERS:
+                    return f"{e.name!r} is not a market parameter one may change ({', '.join(self.MARKET_PARAMETERS)})"
+                old, spec = _replace_path(m.spec, e.name.split("."), e.value)
+                markets = tuple(spec if x.symbol == e.market else x for x in self.cfg.markets)
+                cfg = dataclasses.replace(self.cfg, markets=markets)
+            else:
+                if e.name not in self.PARAMETERS:
+                    return f"{e.name!r} is not an engine parameter one may change ({', '.join(self.PARAMETERS)})"
+                old, cfg = _replace_path(self.cfg, [e.name], e.value)
+        except (ValidationError, TypeError, ValueError) as exc:
+            return f"invalid value for {e.name}: {exc}"
+        self._reconfigure(cfg)
+        out.append(ev.ParameterChanged(self.now_ns, e.market, e.name, old, e.value))
+        # thresholds and budgets go together: drop every budget so that the screen re-applies each
+        # position exactly and derives new budgets under the new parameters
+        self.acct_f[: self.n_acc, 4] = 0.0
+        touched: list[Bucket] = []
+        for m in self.markets:
+            if m.mark_q is not None:
+                touched.extend(self._remargin_all(m))
+        self._evaluate(touched, out)
+        return ""
+
+    def _reconfigure(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        for m, spec in zip(self.markets, cfg.markets, strict=True):
+            m.spec = spec
+        self.liquidator = self._make_liquidator(cfg)
+
+    @staticmethod
+    def _make_liquidator(cfg: EngineConfig) -> liq.Liquidator:
+        if cfg.liquidation == "partial":
+            return liq.PartialToTarget(cfg.liquidation_target_ppm, cfg.liquidation_max_notional_quote_q)
+        return liq.CloseAtMark(cfg.liquidation_max_notional_quote_q)
+
+    def _remargin_all(self, m: _Market) -> list[Bucket]:
+        """Re-screen every position of ``m`` from scratch (no budget held): after a parameter change."""
+        col = m.column()
+        self.pos_budget[col] = -1.0  # below any move, even none: the kernel re-judges every position
+        self.pos_band[col] = (1.0, 0.0, 0.0, 0.0)
+        return self._remargin(m)
 
     def _halt(self, asset: str, reason: str, out: list[ev.Event]) -> None:
         for m in self.markets_of_asset[asset]:
@@ -1424,7 +1523,7 @@ class Engine:
             if risk.equity_quote_q <= 0 and not has_positions:
                 trig = "bankrupt"
             elif risk.health_quote_q >= 0:
-                trig = "restored"
+                trig = "restored" if self._band_trigger(HEALTHY, risk) == "ok" else "restored_at_risk"
             elif has_positions:
                 trig = "continues"  # a capped partial close: the rest follows on later events
             else:
@@ -1596,9 +1695,13 @@ class Engine:
         self.pos_cost[ps] = cost2
         m.long_oi_base_q += int(np.clip(size2, 0, None).sum()) - int(np.clip(size0, 0, None).sum())
         self.clearing_q += int(owed.sum()) - int(realized.sum())
+        # restored, but still inside the at-risk band (health < buffer x maintenance): at risk
+        buf = self.cfg.at_risk_buffer_ppm
+        inside = np.array([(e_ - m_) * PPM < buf * m_ for e_, m_ in zip(eq.tolist(), mm.tolist(), strict=True)])
         if iso:
             old = self.pos_status[ps].copy()
-            new = np.full(len(ps), HEALTHY, dtype=np.int8)  # restored, or closed (the bucket is gone)
+            # restored (or at risk), or closed: the bucket is gone
+            new = np.where(closed | ~inside, HEALTHY, AT_RISK).astype(np.int8)
             health = np.where(closed, 0, eq - mm)
             released = np.where(closed, bal_after + sf, 0)  # a closed position's margin returns to the account
             self.pos_iso_margin[ps] = np.where(closed, 0, bal_after)
@@ -1612,7 +1715,7 @@ class Engine:
             self.acct_err[touched] += kernels.U * (np.abs(self.acct_h[touched]) + np.abs(rel_f[touched])) * 4
         else:
             old = self.status[rows].copy()
-            new = np.where(eq > 0, HEALTHY, BANKRUPT).astype(np.int8)
+            new = np.where(eq > 0, np.where(inside, AT_RISK, HEALTHY), BANKRUPT).astype(np.int8)
             health = np.maximum(eq, 0) - mm
             bal_after = bal_after + sf  # a shortfall is put back: the account ends at zero
             self.bal[rows, self.quote_c] = bal_after
@@ -1819,3 +1922,20 @@ def _feed(h: Any, obj: Any) -> None:
         h.update(b"S%d:" % len(b) + b)
     else:
         raise InvariantViolation(f"cannot hash {type(obj).__name__}")
+
+
+def _replace_path(obj: Any, path: list[str], value: int) -> tuple[int, Any]:
+    """``obj`` with the nested field ``path`` set to ``value`` (frozen dataclasses all the way down);
+    returns (old value, new object). Booleans are given as 0/1."""
+    head = path[0]
+    cur = getattr(obj, head)
+    if len(path) > 1:
+        old, new_child = _replace_path(cur, path[1:], value)
+        return old, dataclasses.replace(obj, **{head: new_child})
+    if isinstance(cur, bool):
+        if value not in (0, 1):
+            raise ValidationError("a flag is 0 or 1")
+        return int(cur), dataclasses.replace(obj, **{head: bool(value)})
+    if not isinstance(cur, int):
+        raise ValidationError(f"{head} is not an integer parameter")
+    return cur, dataclasses.replace(obj, **{head: value})

@@ -17,6 +17,7 @@ TRANSITIONS: dict[tuple[int, str], int] = {
     (AT_RISK, "breach_blocked"): AT_RISK,
     (AT_RISK, "breach"): LIQUIDATING,
     (LIQUIDATING, "restored"): HEALTHY,
+    (LIQUIDATING, "restored_at_risk"): AT_RISK,  # back above maintenance, but inside the at-risk band
     (LIQUIDATING, "closed"): HEALTHY,  # an isolated position fully closed: its bucket is gone
     (LIQUIDATING, "bankrupt"): BANKRUPT,
     (LIQUIDATING, "continues"): LIQUIDATING,  # capped: still below maintenance, more closes to come

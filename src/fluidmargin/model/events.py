@@ -188,6 +188,39 @@ class VaultWithdrawalClaimed(Event):
     is_input: ClassVar[bool] = True
 
 
+@dataclass(frozen=True, slots=True)
+class MarketHaltRequested(Event):
+    """An operator halts new risk on a market (liquidations go on); it stays halted until resumed."""
+
+    market: str
+    reason: str
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class MarketResumeRequested(Event):
+    """An operator lifts a halt (an automatic circuit breaker may still hold the market)."""
+
+    market: str
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterChangeRequested(Event):
+    """An operator changes one risk parameter, by dotted name (see ``Engine.PARAMETERS``).
+
+    ``market`` is empty for an engine-wide parameter. Integers only (ppm, quantums, ns, 0/1 flags).
+    """
+
+    market: str
+    name: str
+    value: int
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
 # --- outputs ---------------------------------------------------------------------------------------
 
 
@@ -409,6 +442,14 @@ class MarketResumed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ParameterChanged(Event):
+    market: str
+    name: str
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
 class BadDebtSocialized(Event):
     """The insurance fund could not cover a shortfall: an explicit, last-resort loss."""
 
@@ -434,6 +475,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         VaultDeposit,
         VaultWithdrawalRequested,
         VaultWithdrawalClaimed,
+        MarketHaltRequested,
+        MarketResumeRequested,
+        ParameterChangeRequested,
         InputRejected,
         OraclePriceRejected,
         IndexPriceUpdated,
@@ -445,6 +489,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BadDebtSocialized,
         MarketHalted,
         MarketResumed,
+        ParameterChanged,
         PositionsLiquidated,
         BatchNetted,
         LiquidationExecuted,
