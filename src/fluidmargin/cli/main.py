@@ -13,7 +13,13 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from fluidmargin.cli import demo, quote, replay, verify  # noqa: F401  (each registers its commands)
+    from fluidmargin.cli import (  # noqa: F401  (each registers its commands)
+        demo,
+        quote,
+        replay,
+        serve,
+        verify,
+    )
 
 
 _register()

@@ -1,0 +1,178 @@
+"""The FastAPI application: ``create_app(settings)`` wires the worker, the key registry and the routes.
+
+The engine worker starts (recovering the log) when the app starts and stops, committing, when it
+stops; see :mod:`fluidmargin.service.worker` for the write path and its acknowledgement point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from fluidmargin.core.errors import ValidationError
+from fluidmargin.model.config import EngineConfig
+from fluidmargin.service import routes_accounts, routes_admin, routes_market, routes_waterfall, storage, views
+from fluidmargin.service.auth import KeyRegistry, RateLimiter
+from fluidmargin.service.codec import FieldError
+from fluidmargin.service.deps import EngineRejected, Service, rejection_status, visible_events
+from fluidmargin.service.metrics import Metrics, RequestTimer
+from fluidmargin.service.schemas import Healthz
+from fluidmargin.service.worker import EngineWorker, IdempotencyMismatch, WorkerUnavailable
+
+API_VERSION = "1"
+
+
+@dataclass
+class ServiceSettings:
+    db: Path
+    config: EngineConfig | None = None  # required to create a new log; checked against an existing one
+    snapshot_dir: Path | None = None  # default: <db>.snapshots
+    keys_db: Path | None = None  # default: <db>.keys.sqlite
+    admin_key: str | None = None  # registered as an admin key on start (the --admin-key-file's)
+    rate_per_s: float = 1000.0  # per key, unless the key says otherwise
+    burst: int = 2000
+    max_batch: int = 4096
+    snapshot_every: int = 1_000_000  # records between snapshots (0: only on shutdown)
+    clock: Callable[[], int] = time.time_ns
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    config = settings.config or storage.log_config(settings.db)
+    if config is None:
+        raise ValidationError(f"{settings.db} does not exist: give an engine config (--config) to create it")
+    snapshot_dir = settings.snapshot_dir or storage.default_snapshot_dir(settings.db)
+    metrics = Metrics()
+    worker = EngineWorker(
+        lambda: storage.open_runner(settings.db, settings.config, snapshot_dir),
+        clock=settings.clock,
+        max_batch=settings.max_batch,
+        snapshot_every=settings.snapshot_every,
+        on_apply=metrics.on_apply,
+        on_flush=metrics.commit_latency.observe,
+    )
+    worker.add_commit_listener(metrics.on_commit)
+    Path(settings.db).parent.mkdir(parents=True, exist_ok=True)
+    keys = KeyRegistry(settings.keys_db or storage.key_registry_path(settings.db))
+    if settings.admin_key:
+        keys.ensure_admin(settings.admin_key)
+    svc = Service(worker, keys, RateLimiter(settings.rate_per_s, settings.burst), metrics, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop(snapshot=True)
+            keys.close()
+
+    app = FastAPI(
+        title="fluidmargin",
+        version=API_VERSION,
+        summary="Real-time margin engine: accounts, margin, liquidations, auctions, vault",
+        description=(
+            "Every quantum travels as a decimal string in natural units ('12.5' USD, '0.01' BTC, "
+            "'50000.12' a price), never as a JSON number; more decimals than the unit holds is a 422. "
+            "Authenticate with `Authorization: Bearer <api key>`. A write is answered once it is durable; "
+            "an `Idempotency-Key` header makes it idempotent."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.svc = svc
+    _handlers(app)
+    for r in (routes_accounts, routes_market, routes_waterfall, routes_admin):
+        app.include_router(r.router)
+    _system_routes(app, svc)
+    app.add_middleware(RequestTimer, metrics=metrics)
+    return app
+
+
+def _system_routes(app: FastAPI, svc: Service) -> None:
+    @app.get(
+        "/healthz",
+        response_model=Healthz,
+        tags=["system"],
+        summary="Liveness and log position",
+        responses={503: {"model": Healthz, "description": "the engine worker has failed"}},
+    )
+    async def healthz() -> Any:
+        w = svc.worker
+
+        def read(eng: Any) -> dict[str, Any]:
+            return {"seq": eng.seq, "now_ns": eng.now_ns, "accounts": eng.n_acc}
+
+        try:
+            body = await w.read(read)
+        except WorkerUnavailable:
+            body = {"seq": 0, "now_ns": 0, "accounts": 0}
+        body.update(status="failed" if w.failed else "ok", durable_seq=w.durable_seq, queued=w.queued())
+        return JSONResponse(body, status_code=503 if w.failed else 200)
+
+    @app.get(
+        "/metrics",
+        tags=["system"],
+        summary="Prometheus metrics (text exposition format)",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"}},
+    )
+    async def metrics_endpoint() -> Response:
+        with suppress(WorkerUnavailable):
+            await svc.worker.read(svc.metrics.refresh)
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _validation(loc: list[str], msg: str, typ: str = "value_error") -> JSONResponse:
+    """A 422 in FastAPI's own validation-error shape (what the OpenAPI document declares)."""
+    return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": typ}]}, status_code=422)
+
+
+def _handlers(app: FastAPI) -> None:
+    def svc_of(request: Request) -> Service:
+        s: Service = request.app.state.svc
+        return s
+
+    @app.exception_handler(views.NotFound)
+    async def not_found(request: Request, exc: views.NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.args[0] if exc.args else exc)}, status_code=404)
+
+    @app.exception_handler(FieldError)
+    async def field_error(request: Request, exc: FieldError) -> JSONResponse:
+        return _validation([exc.where, exc.field], exc.msg)
+
+    @app.exception_handler(IdempotencyMismatch)
+    async def idem_mismatch(request: Request, exc: IdempotencyMismatch) -> JSONResponse:
+        return _validation(["header", "Idempotency-Key"], str(exc), "idempotency_mismatch")
+
+    @app.exception_handler(ValidationError)
+    async def validation(request: Request, exc: ValidationError) -> JSONResponse:
+        return _validation(["body"], str(exc))
+
+    @app.exception_handler(WorkerUnavailable)
+    async def unavailable(request: Request, exc: WorkerUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(EngineRejected)
+    async def rejected(request: Request, exc: EngineRejected) -> JSONResponse:
+        status = rejection_status(exc.reason)
+        if status == 422:
+            return _validation(["body"], exc.reason, "engine_rejected")
+        if status == 404:
+            return JSONResponse({"detail": exc.reason}, status_code=404)
+        events = visible_events(svc_of(request), exc.outcome, getattr(request.state, "principal", None))
+        return JSONResponse({"detail": exc.reason, "seq": exc.outcome.seq, "events": events}, status_code=409)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own shape, minus the echoed input (it may be large, or a secret)
+        errs = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return JSONResponse({"detail": errs}, status_code=422)

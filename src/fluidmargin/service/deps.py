@@ -1,0 +1,125 @@
+"""What every route shares: the service object, the write path, and the documented error answers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Header, Request
+
+from fluidmargin.model.config import EngineConfig
+from fluidmargin.service.auth import KeyRegistry, Principal, RateLimiter
+from fluidmargin.service.codec import Scales, render_records
+from fluidmargin.service.metrics import Metrics
+from fluidmargin.service.schemas import ErrorOut, RejectedOut
+from fluidmargin.service.worker import Build, EngineWorker, Outcome
+
+
+@dataclass
+class Service:
+    """Everything a request handler needs (``app.state.svc``)."""
+
+    worker: EngineWorker
+    keys: KeyRegistry
+    limiter: RateLimiter
+    metrics: Metrics
+    config: EngineConfig
+    scales: Scales = field(init=False)
+    next_account_id: int | None = None  # touched only in the worker thread
+
+    def __post_init__(self) -> None:
+        self.scales = Scales(self.config)
+
+
+async def get_svc(request: Request) -> Service:
+    svc: Service = request.app.state.svc
+    return svc
+
+
+class EngineRejected(Exception):
+    """The engine refused an input (logged with its InputRejected): 409, or 422 for a malformed one."""
+
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+_MALFORMED = re.compile(
+    r"must be|must not|^unknown (collateral|market|asset)|too large|too small|overflow|given for a cross"
+)
+_NOT_FOUND = re.compile(r"^unknown account|is unknown or finished")
+
+
+def rejection_status(reason: str) -> int:
+    """The HTTP status of an engine rejection: 404 unknown id, 422 malformed input, 409 conflict."""
+    if _NOT_FOUND.search(reason):
+        return 404
+    if _MALFORMED.search(reason):
+        return 422
+    return 409
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="makes the write idempotent: a replay returns the first outcome and applies nothing",
+    ),
+]
+
+
+async def submit(svc: Service, p: Principal, build: Build, idem: str | None, fingerprint: Any) -> Outcome:
+    """Apply one input through the worker; its outcome once durable, or raise its rejection."""
+    eid = f"{p.key.key_id}:{idem}" if idem else ""  # keys never share idempotency ids
+    outcome = await svc.worker.write(build, eid, fingerprint)
+    reason = outcome.rejection
+    if reason is not None:
+        raise EngineRejected(outcome, reason)
+    return outcome
+
+
+async def write(svc: Service, p: Principal, build: Build, idem: str | None, fingerprint: Any) -> dict[str, Any]:
+    """:func:`submit`, answered as a WriteResult."""
+    return result_body(svc, await submit(svc, p, build, idem, fingerprint), p)
+
+
+def visible_events(svc: Service, outcome: Outcome, p: Principal | None) -> list[dict[str, Any]]:
+    """The outcome's events this caller may see (others' accounts' events are left out)."""
+    events = render_records(outcome.records, svc.scales)
+    return events if p is None else [e for e in events if p.sees(e)]
+
+
+def result_body(svc: Service, outcome: Outcome, p: Principal | None) -> dict[str, Any]:
+    event = outcome.event
+    return {
+        "seq": outcome.seq,
+        "ts_ns": event.ts_ns if event is not None else 0,
+        "durable_seq": outcome.durable_seq,
+        "replayed": outcome.replayed,
+        "events": visible_events(svc, outcome, p),
+    }
+
+
+_DESCRIPTIONS = {
+    401: ("missing, invalid or revoked API key", ErrorOut),
+    403: ("this key may not use this endpoint or touch this account", ErrorOut),
+    404: ("unknown id", ErrorOut),
+    409: ("the engine refused the input (logged with its reason)", RejectedOut),
+    429: ("rate limit exceeded for this key (see Retry-After)", ErrorOut),
+    501: ("not implemented yet", ErrorOut),
+    503: ("the engine worker is unavailable or overloaded", ErrorOut),
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error codes (422 is FastAPI's own validation error schema)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for c in (401, 429, 503, *codes):
+        desc, model = _DESCRIPTIONS[c]
+        out[c] = {"description": desc, "model": model}
+    return out

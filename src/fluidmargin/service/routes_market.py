@@ -1,0 +1,100 @@
+"""Markets, the oracle and price ingestion, insurance funds, risk parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+
+from fluidmargin.core.units import PPM, PRICE_DECIMALS
+from fluidmargin.engine.engine import Engine
+from fluidmargin.model import events as ev
+from fluidmargin.service import views
+from fluidmargin.service.auth import Principal, require
+from fluidmargin.service.codec import FieldError, to_quantums
+from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.schemas import (
+    ErrorOut,
+    FundsView,
+    MarketView,
+    OracleView,
+    PriceIn,
+    RiskParameters,
+    WriteResult,
+)
+
+router = APIRouter(prefix="/v1", tags=["markets"])
+Svc = Annotated[Service, Depends(get_svc)]
+ANYONE = require("admin", "venue", "account", "publisher")
+PUBLISHERS = require("admin", "publisher")
+ADMIN = require("admin")
+
+
+@router.get("/markets", response_model=list[MarketView], responses=errors(403), summary="Every market")
+async def markets(svc: Svc, p: Annotated[Principal, ANYONE]) -> list[dict[str, Any]]:
+    return await svc.worker.read(views.markets_view)
+
+
+@router.get(
+    "/markets/{symbol}",
+    response_model=MarketView,
+    responses=errors(403, 404),
+    summary="Mark, index, funding rate, open interest, halted",
+)
+async def market(
+    symbol: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ANYONE]
+) -> dict[str, Any]:
+    return await svc.worker.read(lambda eng: views.market_view(eng, symbol))
+
+
+@router.get("/oracle", response_model=OracleView, responses=errors(403), summary="Index prices, sources, validity")
+async def oracle(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
+    return await svc.worker.read(views.oracle_view)
+
+
+@router.post(
+    "/prices",
+    response_model=WriteResult,
+    responses=errors(403, 409),
+    summary="Publish a price (the source is the publisher key's, never the body's)",
+)
+async def publish_price(
+    body: PriceIn, svc: Svc, p: Annotated[Principal, PUBLISHERS], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    source = p.key.source or (f"admin:{p.key.key_id}" if p.role == "admin" else "")
+    if not source:
+        raise HTTPException(403, "this publisher key has no source name")
+    to_quantums(body.price, PRICE_DECIMALS, "price", positive=True)  # exact or 422 (the engine parses the text)
+    conf = to_quantums(body.confidence, 6, "confidence")
+    if conf > PPM:
+        raise FieldError("confidence", "must be between 0 and 1")
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        if body.asset not in eng.markets_of_asset:
+            raise FieldError("asset", f"unknown asset {body.asset!r}")
+        return ev.PriceObserved(ts, source, body.asset, body.price, conf)
+
+    return await write(svc, p, build, idem, ("price", source, body.model_dump()))
+
+
+@router.get("/insurance-funds", response_model=FundsView, responses=errors(403), summary="Insurance fund balances")
+async def insurance_funds(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
+    return await svc.worker.read(views.funds_view)
+
+
+@router.get("/risk-parameters", response_model=RiskParameters, responses=errors(403), summary="The engine config")
+async def risk_parameters(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
+    return await svc.worker.read(views.risk_parameters)
+
+
+@router.put(
+    "/risk-parameters",
+    status_code=501,
+    response_model=ErrorOut,
+    responses=errors(403),
+    summary="Change risk parameters (admin): not implemented yet, answers 501",
+    description="Parameter changes will be logged engine events, applied in order with every other input. "
+    "Until then this endpoint answers 501 Not Implemented for an admin key.",
+)
+async def change_risk_parameters(p: Annotated[Principal, ADMIN]) -> None:
+    raise HTTPException(501, "changing risk parameters is not implemented yet (it will be a logged engine event)")

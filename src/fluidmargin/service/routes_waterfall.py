@@ -1,0 +1,123 @@
+"""Liquidation auctions and the backstop vault."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+
+from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS
+from fluidmargin.engine.engine import Engine
+from fluidmargin.model import events as ev
+from fluidmargin.service import views
+from fluidmargin.service.auth import Principal, require
+from fluidmargin.service.codec import SHARE_DECIMALS, market_of_auction, to_quantums
+from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.schemas import (
+    AuctionView,
+    Bid,
+    VaultClaimIn,
+    VaultDepositIn,
+    VaultView,
+    VaultWithdrawIn,
+    WriteResult,
+)
+
+router = APIRouter(prefix="/v1", tags=["waterfall"])
+Svc = Annotated[Service, Depends(get_svc)]
+ANYONE = require("admin", "venue", "account", "publisher")
+LPS = require("admin", "account")
+AuctionPath = Annotated[str, Path(min_length=1, max_length=80)]
+
+
+@router.get("/auctions", response_model=list[AuctionView], responses=errors(403), summary="Open auctions")
+async def auctions(svc: Svc, p: Annotated[Principal, ANYONE]) -> list[dict[str, Any]]:
+    return await svc.worker.read(views.auctions_view)
+
+
+@router.get("/auctions/{auction_id}", response_model=AuctionView, responses=errors(403, 404), summary="One auction")
+async def auction(auction_id: AuctionPath, svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
+    return await svc.worker.read(lambda eng: views.one_auction(eng, auction_id))
+
+
+@router.post(
+    "/auctions/{auction_id}/bids",
+    response_model=WriteResult,
+    responses=errors(403, 404, 409),
+    summary="Take up to size of the auction at its current price, bounded by limit_price",
+)
+async def bid(
+    auction_id: AuctionPath, body: Bid, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    p.check_account(body.account_id)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        views.row_of(eng, body.account_id)
+        if auction_id not in eng.wf.auctions:
+            raise views.NotFound(f"auction {auction_id!r} is unknown or finished")
+        sd = eng.market_idx[market_of_auction(auction_id)].spec.size_decimals
+        size = to_quantums(body.size, sd, "size", positive=True)
+        limit = to_quantums(body.limit_price, PRICE_DECIMALS, "limit_price", positive=True)
+        return ev.AuctionBid(ts, auction_id, body.account_id, size, limit)
+
+    return await write(svc, p, build, idem, ("bid", auction_id, body.model_dump()))
+
+
+@router.get("/vault", response_model=VaultView, responses=errors(403), summary="The backstop vault")
+async def vault(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
+    return await svc.worker.read(views.vault_view)
+
+
+@router.post(
+    "/vault/deposits",
+    response_model=WriteResult,
+    responses=errors(403, 404, 409),
+    summary="Move quote collateral from an account into the vault, for shares",
+)
+async def vault_deposit(
+    body: VaultDepositIn, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    p.check_account(body.account_id)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        views.row_of(eng, body.account_id)
+        return ev.VaultDeposit(ts, body.account_id, to_quantums(body.amount, QUOTE_DECIMALS, "amount", positive=True))
+
+    return await write(svc, p, build, idem, ("vault_deposit", body.model_dump()))
+
+
+@router.post(
+    "/vault/withdrawals",
+    response_model=WriteResult,
+    responses=errors(403, 404, 409),
+    summary="Ask to redeem shares (claimable after the vault's withdrawal delay)",
+)
+async def vault_withdraw(
+    body: VaultWithdrawIn, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    p.check_account(body.account_id)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        views.row_of(eng, body.account_id)
+        shares = to_quantums(body.shares, SHARE_DECIMALS, "shares", positive=True)
+        return ev.VaultWithdrawalRequested(ts, body.account_id, shares)
+
+    return await write(svc, p, build, idem, ("vault_withdraw", body.model_dump()))
+
+
+@router.post(
+    "/vault/claims",
+    response_model=WriteResult,
+    responses=errors(403, 404, 409),
+    summary="Redeem a matured withdrawal request at the share price of now",
+)
+async def vault_claim(
+    body: VaultClaimIn, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    p.check_account(body.account_id)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        views.row_of(eng, body.account_id)
+        return ev.VaultWithdrawalClaimed(ts, body.account_id)
+
+    return await write(svc, p, build, idem, ("vault_claim", body.model_dump()))

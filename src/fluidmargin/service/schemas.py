@@ -1,0 +1,347 @@
+"""Request and response models (pydantic): the OpenAPI document is generated from these.
+
+Every quantum is a decimal string in natural units (``Dec``); JSON numbers are refused for them.
+The event models are generated from the engine's event dataclasses with the wire rule of
+:mod:`fluidmargin.service.codec`, one model per type, discriminated by ``type``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from fluidmargin.model import events as ev
+from fluidmargin.service.codec import DECIMAL_PATTERN, event_fields, wire_name
+
+Dec = Annotated[
+    str,
+    Field(
+        pattern=DECIMAL_PATTERN,
+        description="a decimal string in natural units (never a JSON number)",
+        examples=["12.5"],
+    ),
+]
+DecOut = Annotated[str, Field(description="a decimal string in natural units", examples=["12.5"])]
+AccountId = Annotated[int, Field(ge=0, le=2**63 - 1, description="engine account id")]
+Role = Literal["admin", "venue", "account", "publisher"]
+MarginMode = Literal["cross", "isolated"]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- events -------------------------------------------------------------------------------------------
+
+_PY = {"int": int, "str": str, "list[int]": list[int], "list[str]": list[str]}
+
+
+def _event_model(cls: type[ev.Event]) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "type": (Literal[cls.__name__], ...),
+        "seq": (int, Field(description="the log record's sequence number")),
+    }
+    for name, typ, quantum in event_fields(cls):
+        if quantum:
+            fields[wire_name(name)] = (list[str] if typ.startswith("list") else str, ...)
+        else:
+            fields[name] = (_PY[typ], ...)
+    model: type[BaseModel] = create_model(cls.__name__ + "Event", __doc__=cls.__doc__ or cls.__name__, **fields)
+    return model
+
+
+# a columnar PositionsLiquidated is always expanded into per-account events on the wire
+EVENT_MODELS = tuple(_event_model(c) for n, c in ev.EVENT_TYPES.items() if n != "PositionsLiquidated")
+Event = Annotated[Union[EVENT_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="why the request was refused")
+
+
+class RejectedOut(ErrorOut):
+    """The engine refused the input (it is logged, with its rejection)."""
+
+    seq: int = Field(description="the refused input's sequence number")
+    events: list[Event]
+
+
+class WriteResult(BaseModel):
+    """A write acknowledged: durable in the log at ``durable_seq`` or before."""
+
+    seq: int = Field(description="the input's sequence number")
+    ts_ns: int = Field(description="the event time the service stamped on the input")
+    durable_seq: int
+    replayed: bool = Field(description="true when an Idempotency-Key replay returned the first outcome")
+    events: list[Event] = Field(
+        description="the input, then every event it caused that this key may see "
+        "(an account key: its own accounts' and market-wide events; a publisher: market-wide events)"
+    )
+
+
+class EventsPage(BaseModel):
+    events: list[Event]
+    next_seq: int = Field(description="ask for after=next_seq - 1 to continue")
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+class KeyCreate(Strict):
+    role: Role
+    name: Annotated[str, Field(max_length=64)] = ""
+    account_ids: Annotated[list[AccountId], Field(max_length=1000)] = []
+    source: Name | None = Field(None, description="publisher: the oracle source name its prices carry")
+    rate_per_s: Annotated[float, Field(gt=0, le=1e6)] | None = Field(None, description="default: the service's")
+    burst: Annotated[int, Field(ge=1, le=10**7)] | None = None
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    role: Role
+    name: str
+    account_ids: list[int]
+    source: str | None
+    created_ns: int
+    revoked: bool
+    rate_per_s: float | None
+    burst: int | None
+
+
+class KeyCreated(KeyOut):
+    api_key: str = Field(description="the key itself: shown once, stored only as its SHA-256")
+
+
+# --- accounts -------------------------------------------------------------------------------------------
+
+
+class AccountCreate(Strict):
+    account_id: AccountId | None = Field(None, description="default: the next free id")
+    parent_id: AccountId | None = Field(None, description="open it as a sub-account of this account")
+
+
+class SubAccountCreate(Strict):
+    account_id: AccountId | None = Field(None, description="default: the next free id")
+
+
+class AccountCreated(WriteResult):
+    account_id: int
+    parent_id: int | None
+
+
+class Balance(BaseModel):
+    asset: str
+    amount: DecOut
+    value: DecOut = Field(description="weighted collateral value in the quote asset")
+
+
+class AdlRank(BaseModel):
+    rank: int = Field(description="1 = first to be deleveraged")
+    of: int
+    lights: int = Field(description="1..5, 5 = top 20 % of the queue")
+    score: str = Field(description="exact ADL score (a fraction)")
+
+
+class PositionView(BaseModel):
+    market: str
+    side: Literal["long", "short"]
+    size: DecOut = Field(description="signed size in base units")
+    entry_price: DecOut
+    mark_price: DecOut | None
+    margin_mode: MarginMode
+    leverage: int
+    isolated_margin: DecOut | None
+    notional: DecOut
+    value: DecOut
+    unrealized_pnl: DecOut = Field(description="at the mark, net of funding owed")
+    funding_owed: DecOut
+    maintenance_margin: DecOut
+    initial_margin: DecOut
+    health: DecOut | None = Field(description="isolated: equity - maintenance of the position's bucket")
+    status: str = Field(description="the status of the bucket holding it")
+    liquidation_price: DecOut | None = Field(description="mark at which its bucket reaches maintenance")
+    adl: AdlRank | None = Field(description="place in the ADL queue (absent in what-if results)")
+
+
+class AccountRisk(BaseModel):
+    """The cross bucket's figures (isolated positions carry their own)."""
+
+    equity: DecOut
+    maintenance_margin: DecOut
+    initial_margin: DecOut
+    health: DecOut = Field(description="equity - maintenance margin")
+    free_collateral: DecOut = Field(description="equity - initial margin")
+    positions: list[PositionView]
+
+
+class VaultStake(BaseModel):
+    shares: DecOut
+    pending_shares: DecOut | None
+    claimable_at_ns: int | None
+
+
+class AccountView(AccountRisk):
+    account_id: int
+    parent_id: int | None
+    sub_accounts: list[int]
+    status: str
+    balances: list[Balance]
+    vault: VaultStake | None
+    now_ns: int = Field(description="engine time the figures are as of")
+
+
+class SubAccountsOut(BaseModel):
+    account_id: int
+    sub_accounts: list[int]
+
+
+class Transfer(Strict):
+    asset: Name | None = Field(None, description="collateral asset (default: the quote asset)")
+    amount: Dec
+
+
+class Fill(Strict):
+    market: Name
+    size: Dec = Field(description="signed: + buys, - sells (base units)")
+    price: Dec
+    fee: Dec = "0"
+    margin_mode: MarginMode = "cross"
+    leverage: Annotated[int, Field(ge=1, le=1000)] = 10
+    isolated_margin: Dec = Field("0", description="quote moved into the isolated position (isolated only)")
+
+
+class WhatIfOut(BaseModel):
+    accepted: bool = Field(description="whether the engine's pre-trade check would accept the fill now")
+    reason: str | None
+    before: AccountRisk
+    after: AccountRisk | None = Field(description="the account after the fill (null if it could not be applied)")
+
+
+# --- markets, oracle, prices ---------------------------------------------------------------------------------
+
+
+class MarketView(BaseModel):
+    symbol: str
+    base_asset: str
+    size_decimals: int
+    mark_price: DecOut | None
+    index_price: DecOut | None
+    last_trade_price: DecOut | None
+    funding_rate: DecOut = Field(description="per funding interval")
+    funding_interval_s: int
+    funding_index: DecOut
+    open_interest: DecOut = Field(description="in base units (one side)")
+    halted: bool
+    halt_reason: str | None
+    liquidation_execution: str
+    insurance_fund: str
+
+
+class SourcePrice(BaseModel):
+    source: str
+    price: DecOut
+    ts_ns: int
+
+
+class OraclePolicyOut(BaseModel):
+    max_staleness_ns: int
+    max_jump_ppm: int
+    min_confidence_ppm: int
+    max_divergence_ppm: int
+    min_sources: int
+    aggregation: str
+
+
+class OracleAsset(BaseModel):
+    asset: str
+    index_price: DecOut | None
+    index_ts_ns: int | None
+    validity: str
+    sources: list[SourcePrice]
+    policy: OraclePolicyOut
+
+
+class OracleView(BaseModel):
+    now_ns: int
+    assets: list[OracleAsset]
+
+
+class PriceIn(Strict):
+    asset: Name
+    price: Dec
+    confidence: Dec = Field("1", description="0..1")
+
+
+# --- waterfall -------------------------------------------------------------------------------------------------
+
+
+class AuctionView(BaseModel):
+    auction_id: str
+    market: str
+    size: DecOut = Field(description="signed inventory on offer (+ a long for sale)")
+    price: DecOut = Field(description="the price as of engine time now_ns (it moves in the bidders' favour)")
+    ref_price: DecOut
+    started_ns: int
+    accounts: list[int]
+    stale: str | None
+    keeper_incentive: DecOut
+    now_ns: int
+
+
+class Bid(Strict):
+    account_id: AccountId
+    size: Dec
+    limit_price: Dec
+
+
+class VaultView(BaseModel):
+    configured: bool
+    account_id: int | None
+    equity: DecOut
+    cash: DecOut
+    notional: DecOut
+    total_shares: DecOut
+    max_leverage: int | None
+    max_notional: DecOut | None
+    withdrawal_delay_ns: int | None
+
+
+class VaultDepositIn(Strict):
+    account_id: AccountId
+    amount: Dec
+
+
+class VaultWithdrawIn(Strict):
+    account_id: AccountId
+    shares: Dec
+
+
+class VaultClaimIn(Strict):
+    account_id: AccountId
+
+
+class FundView(BaseModel):
+    fund: str
+    balance: DecOut
+
+
+class FundsView(BaseModel):
+    funds: list[FundView]
+    socialized_loss: DecOut
+
+
+class RiskParameters(BaseModel):
+    config: dict[str, Any] = Field(
+        description="the engine config: quantums as decimal strings, their unit suffix dropped from the key"
+    )
+
+
+class Healthz(BaseModel):
+    status: Literal["ok", "failed"]
+    seq: int
+    durable_seq: int
+    now_ns: int
+    accounts: int
+    queued: int

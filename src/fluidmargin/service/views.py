@@ -1,0 +1,363 @@
+"""Read models: the engine's state as wire dicts. Each function runs in the worker thread.
+
+Nothing here changes the engine's exact state. (Two helpers the views must avoid: ``vault_row()``
+opens the vault's account on first use, and ``adl_rank`` folds a market's pending positions into
+its column; the latter is harmless on the live state but not inside a what-if.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fluidmargin.core.units import FUNDING_DECIMALS, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, div_round
+from fluidmargin.core.units import format_decimal as fmt
+from fluidmargin.engine import waterfall as wfl
+from fluidmargin.engine.engine import Engine
+from fluidmargin.engine.state import STATUS_NAMES
+from fluidmargin.model import events as ev
+from fluidmargin.risk import margin
+from fluidmargin.risk import oracle as orc
+from fluidmargin.service.codec import RATE_DECIMALS, SHARE_DECIMALS, FieldError, Scales, to_quantums
+
+
+class NotFound(LookupError):
+    """An unknown id: 404."""
+
+
+def q(x: int) -> str:
+    return fmt(x, QUOTE_DECIMALS)
+
+
+def px(x: int | None) -> str | None:
+    return None if x is None else fmt(x, PRICE_DECIMALS)
+
+
+def row_of(eng: Engine, account_id: int) -> int:
+    r = eng.row_of.get(account_id)
+    if r is None:
+        raise NotFound(f"unknown account {account_id}")
+    return r
+
+
+# --- accounts ---------------------------------------------------------------------------------------
+
+
+def liquidation_price_q(eng: Engine, p: int, cross_eq: int, cross_mm: int) -> int | None:
+    """Mark of position ``p``'s market at which its bucket reaches maintenance, all else held.
+
+    Cross: the bucket's equity less this position's value is fixed, the other positions' maintenance
+    too. Isolated: the position's margin less its cost and funding owed.
+    """
+    m = eng.markets[int(eng.pos_mkt[p])]
+    size = int(eng.pos_size[p])
+    if m.mark_q is None or size == 0:
+        return None
+    pr = eng.position_risk(p)
+    if eng.pos_iso[p]:
+        fixed = int(eng.pos_iso_margin[p]) - int(eng.pos_cost[p]) - eng._funding_owed(p)
+        other_mm = 0
+    else:
+        fixed = cross_eq - pr.value_quote_q
+        other_mm = cross_mm - pr.mm_quote_q
+    return margin.liquidation_price_q(m.spec.margin, size, m.spec.size_decimals, fixed, other_mm)
+
+
+def position_view(eng: Engine, r: int, p: int, cross_eq: int, cross_mm: int, adl: bool) -> dict[str, Any]:
+    m = eng.markets[int(eng.pos_mkt[p])]
+    sd = m.spec.size_decimals
+    size = int(eng.pos_size[p])
+    cost = int(eng.pos_cost[p])
+    pr = eng.position_risk(p)
+    iso = bool(eng.pos_iso[p])
+    shift = sd + PRICE_DECIMALS - QUOTE_DECIMALS
+    num, den = (abs(cost) * 10**shift, abs(size)) if shift >= 0 else (abs(cost), abs(size) * 10**-shift)
+    rank = eng.adl_rank(int(eng.acct_id[r]), m.spec.symbol) if adl else None
+    status = int(eng.pos_status[p]) if iso else int(eng.status[r])
+    return {
+        "market": m.spec.symbol,
+        "side": "long" if size > 0 else "short",
+        "size": fmt(size, sd),
+        "entry_price": fmt(div_round(num, den, Rounding.FLOOR), PRICE_DECIMALS),
+        "mark_price": px(m.mark_q),
+        "margin_mode": "isolated" if iso else "cross",
+        "leverage": int(eng.pos_lev[p]),
+        "isolated_margin": q(int(eng.pos_iso_margin[p])) if iso else None,
+        "notional": q(pr.notional_quote_q),
+        "value": q(pr.value_quote_q),
+        "unrealized_pnl": q(pr.upnl_quote_q),
+        "funding_owed": q(eng._funding_owed(p)),
+        "maintenance_margin": q(pr.mm_quote_q),
+        "initial_margin": q(eng.position_initial(p)),
+        "health": q(eng.iso_risk(p).health_quote_q) if iso else None,
+        "status": STATUS_NAMES[status],
+        "liquidation_price": px(liquidation_price_q(eng, p, cross_eq, cross_mm)),
+        "adl": rank,
+    }
+
+
+def account_risk(eng: Engine, r: int, adl: bool = True) -> dict[str, Any]:
+    risk = eng.cross_risk(r)
+    im = eng.cross_initial(r)
+    eq, mm = risk.equity_quote_q, risk.mm_quote_q
+    return {
+        "equity": q(eq),
+        "maintenance_margin": q(mm),
+        "initial_margin": q(im),
+        "health": q(eq - mm),
+        "free_collateral": q(eq - im),
+        "positions": [position_view(eng, r, p, eq, mm, adl) for p in eng.positions_of(r) if eng.pos_size[p] != 0],
+    }
+
+
+def account_view(eng: Engine, account_id: int, adl: bool = True) -> dict[str, Any]:
+    r = row_of(eng, account_id)
+    balances = []
+    for c, spec in enumerate(eng.coll):
+        amount = int(eng.bal[r, c])
+        balances.append(
+            {
+                "asset": spec.symbol,
+                "amount": fmt(amount, spec.decimals),
+                "value": q(eng.collateral_value_quote_q(c, amount)),
+            }
+        )
+    wf = eng.wf
+    shares = wf.shares.get(account_id, 0)
+    pending = wf.pending.get(account_id)
+    vault = None
+    if shares or pending:
+        vault = {
+            "shares": fmt(shares, SHARE_DECIMALS),
+            "pending_shares": fmt(pending[0], SHARE_DECIMALS) if pending else None,
+            "claimable_at_ns": pending[1] if pending else None,
+        }
+    return {
+        "account_id": account_id,
+        "status": STATUS_NAMES[int(eng.status[r])],
+        "balances": balances,
+        **account_risk(eng, r, adl),
+        "vault": vault,
+        "now_ns": eng.now_ns,
+    }
+
+
+# --- what-if ------------------------------------------------------------------------------------------
+
+
+def fill_event(eng: Engine, account_id: int, body: Any, ts: int) -> ev.TradeFilled:
+    """The TradeFilled a fill request describes (its quantums parsed exactly for its market)."""
+    row_of(eng, account_id)
+    m = eng.market_idx.get(body.market)
+    if m is None:
+        raise FieldError("market", f"unknown market {body.market!r}")
+    sd = m.spec.size_decimals
+    return ev.TradeFilled(
+        ts,
+        account_id,
+        body.market,
+        to_quantums(body.size, sd, "size", positive=True, signed=True),
+        to_quantums(body.price, PRICE_DECIMALS, "price", positive=True),
+        to_quantums(body.fee, QUOTE_DECIMALS, "fee"),
+        body.margin_mode,
+        body.leverage,
+        to_quantums(body.isolated_margin, QUOTE_DECIMALS, "isolated_margin"),
+    )
+
+
+def _precheck(eng: Engine, r: int, e: ev.TradeFilled) -> tuple[str, int, bool, bool]:
+    """The checks ``Engine._on_TradeFilled`` makes before its dry run: (reason, position, iso, increases)."""
+    from fluidmargin.engine.state import BANKRUPT, LIQUIDATING
+
+    m = eng.market_idx[e.market]
+    if eng.is_vault(e.account_id):
+        return "the backstop vault trades only by taking over liquidations", -1, False, False
+    lim = m.spec.margin.brackets[0].max_leverage
+    if not 1 <= e.leverage <= lim:
+        return f"leverage must be in [1, {lim}]", -1, False, False
+    if m.mark_q is None:
+        return f"market {e.market} has no valid mark price yet", -1, False, False
+    if eng.status[r] in (LIQUIDATING, BANKRUPT):
+        return f"account is {STATUS_NAMES[int(eng.status[r])]}", -1, False, False
+    iso = e.margin_mode == "isolated"
+    p = eng._find_pos(r, m.i)
+    old = int(eng.pos_size[p]) if p >= 0 else 0
+    if p >= 0 and old != 0 and bool(eng.pos_iso[p]) != iso:
+        return "position is held in the other margin mode; close it first", p, iso, False
+    new = old + e.size_delta_base_q
+    increases = abs(new) > abs(old) or (old != 0 and (new > 0) != (old > 0) and new != 0)
+    if increases:
+        if m.spec.symbol in eng.halted:
+            return f"market {m.spec.symbol} is halted ({eng.halted[m.spec.symbol]}): no new risk", p, iso, increases
+        from fluidmargin.risk.oracle import Action
+
+        blocked = eng._oracle_blocked([m.spec.base_asset], Action.OPEN)
+        if blocked:
+            return blocked, p, iso, increases
+    if e.isolated_margin_quote_q and not iso:
+        return "isolated margin given for a cross fill", p, iso, increases
+    if e.isolated_margin_quote_q > int(eng.bal[r, eng.quote_c]):
+        return "insufficient quote balance for the isolated margin", p, iso, increases
+    return "", p, iso, increases
+
+
+def what_if(eng: Engine, account_id: int, body: Any) -> dict[str, Any]:
+    """The account before and after a hypothetical fill, on the live engine, restored after.
+
+    The engine's own dry run: the account is saved, the fill applied with the engine's pre-trade
+    check (``_fill``), the figures read, and the account restored; nothing is logged. Funding is
+    as accrued at the market's last pass (the real fill would first accrue it to its own time).
+    """
+    r = row_of(eng, account_id)
+    e = fill_event(eng, account_id, body, eng.now_ns)
+    before = account_risk(eng, r, adl=False)
+    reason, p, iso, increases = _precheck(eng, r, e)
+    if reason:
+        return {"accepted": False, "reason": reason, "before": before, "after": None}
+    m = eng.market_idx[e.market]
+    saved = eng._save_account(r)
+    after = None
+    try:
+        reason = eng._fill(r, p, m, e, iso, increases, [])
+        if not reason or reason.startswith("pre-trade check"):
+            after = account_risk(eng, r, adl=False)
+    finally:
+        eng._restore_account(r, saved)
+    return {"accepted": not reason, "reason": reason or None, "before": before, "after": after}
+
+
+# --- markets, oracle, waterfall -------------------------------------------------------------------------
+
+
+def markets_view(eng: Engine) -> list[dict[str, Any]]:
+    out = []
+    for m in eng.markets:
+        s = m.spec
+        out.append(
+            {
+                "symbol": s.symbol,
+                "base_asset": s.base_asset,
+                "size_decimals": s.size_decimals,
+                "mark_price": px(m.mark_q),
+                "index_price": px(eng.index_q.get(s.base_asset)),
+                "last_trade_price": px(m.last_trade_q),
+                "funding_rate": fmt(m.rate_e9, RATE_DECIMALS),
+                "funding_interval_s": s.funding.interval_s,
+                "funding_index": fmt(eng._fidx_now(m), FUNDING_DECIMALS),
+                "open_interest": fmt(m.long_oi_base_q, s.size_decimals),
+                "halted": s.symbol in eng.halted,
+                "halt_reason": eng.halted.get(s.symbol),
+                "liquidation_execution": s.liquidation.execution,
+                "insurance_fund": eng.wf.fund_of_market(m.i),
+            }
+        )
+    return out
+
+
+def market_view(eng: Engine, symbol: str) -> dict[str, Any]:
+    for v in markets_view(eng):
+        if v["symbol"] == symbol:
+            return v
+    raise NotFound(f"unknown market {symbol!r}")
+
+
+def oracle_view(eng: Engine) -> dict[str, Any]:
+    assets = []
+    for a in eng.assets:
+        pol = eng.cfg.policy(a)
+        sources = sorted((s, p, t) for (a2, s), (p, t) in eng.src_last.items() if a2 == a)
+        assets.append(
+            {
+                "asset": a,
+                "index_price": px(eng.index_q.get(a)),
+                "index_ts_ns": eng.index_ts.get(a),
+                "validity": orc.staleness(eng.now_ns, eng.index_ts.get(a), pol).name.lower(),
+                "sources": [{"source": s, "price": fmt(p, PRICE_DECIMALS), "ts_ns": t} for s, p, t in sources],
+                "policy": {
+                    "max_staleness_ns": pol.max_staleness_ns,
+                    "max_jump_ppm": pol.max_jump_ppm,
+                    "min_confidence_ppm": pol.min_confidence_ppm,
+                    "max_divergence_ppm": pol.max_divergence_ppm,
+                    "min_sources": pol.min_sources,
+                    "aggregation": pol.aggregation,
+                },
+            }
+        )
+    return {"now_ns": eng.now_ns, "assets": assets}
+
+
+def auction_view(eng: Engine, a: wfl.Auction) -> dict[str, Any]:
+    m = eng.markets[a.market]
+    return {
+        "auction_id": a.auction_id,
+        "market": m.spec.symbol,
+        "size": fmt(a.size, m.spec.size_decimals),
+        "price": fmt(eng.wf.price_q(a), PRICE_DECIMALS),
+        "ref_price": fmt(a.ref_q, PRICE_DECIMALS),
+        "started_ns": a.started_ns,
+        "accounts": list(a.accounts),
+        "stale": eng.wf.stale(a) or None,
+        "keeper_incentive": q(a.incentive_left_q),
+        "now_ns": eng.now_ns,
+    }
+
+
+def auctions_view(eng: Engine) -> list[dict[str, Any]]:
+    return [auction_view(eng, eng.wf.auctions[k]) for k in sorted(eng.wf.auctions)]
+
+
+def one_auction(eng: Engine, auction_id: str) -> dict[str, Any]:
+    a = eng.wf.auctions.get(auction_id)
+    if a is None:
+        raise NotFound(f"auction {auction_id!r} is unknown or finished")
+    return auction_view(eng, a)
+
+
+def vault_view(eng: Engine) -> dict[str, Any]:
+    spec = eng.cfg.backstop
+    if spec is None:
+        return {
+            "configured": False,
+            "account_id": None,
+            "equity": "0",
+            "cash": "0",
+            "notional": "0",
+            "total_shares": "0",
+            "max_leverage": None,
+            "max_notional": None,
+            "withdrawal_delay_ns": None,
+        }
+    r = eng.row_of.get(spec.account_id)  # not vault_row(): a read must not open it
+    equity = cash = notional = 0
+    if r is not None:
+        equity = eng.cross_risk(r).equity_quote_q
+        cash = int(eng.bal[r, eng.quote_c])
+        for p in eng.positions_of(r):
+            m = eng.markets[int(eng.pos_mkt[p])]
+            if eng.pos_size[p] and m.mark_q is not None:
+                size = abs(int(eng.pos_size[p]))
+                notional += margin.value_quote_q(size, m.mark_q, m.spec.size_decimals, Rounding.CEIL)
+    return {
+        "configured": True,
+        "account_id": spec.account_id,
+        "equity": q(equity),
+        "cash": q(cash),
+        "notional": q(notional),
+        "total_shares": fmt(eng.wf.total_shares, SHARE_DECIMALS),
+        "max_leverage": spec.max_leverage,
+        "max_notional": q(spec.max_notional_quote_q),
+        "withdrawal_delay_ns": spec.withdrawal_delay_ns,
+    }
+
+
+def funds_view(eng: Engine) -> dict[str, Any]:
+    return {
+        "funds": [{"fund": k, "balance": q(v)} for k, v in sorted(eng.wf.funds.items())],
+        "socialized_loss": q(eng.socialized_q),
+    }
+
+
+def risk_parameters(eng: Engine) -> dict[str, Any]:
+    return {"config": Scales(eng.cfg).render_config(eng.cfg.to_dict())}
+
+
+__all__ = ["FieldError", "NotFound"]
