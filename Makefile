@@ -26,6 +26,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_liquidation.py
 
+.PHONY: bench-service
+bench-service: $(STAMP)
+	FLUIDMARGIN_BENCH_PG_URL="$$(bash scripts/postgres.sh)" $(BIN)/python benchmarks/bench_service.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 

@@ -364,8 +364,17 @@ def test_markets_oracle_funds_and_parameters(api: Api) -> None:
     assert funds == {k: fmt(v, 6) for k, v in api.call(lambda e: dict(e.wf.funds)).items()}
     cfg = api.ok("GET", "/v1/risk-parameters")["config"]
     assert cfg["insurance_fund"] == "100000" and cfg["markets"][0]["margin"]["brackets"][1]["floor"] == "50000"
-    r = api.c.put("/v1/risk-parameters")
-    assert r.status_code == 501 and "not implemented" in r.json()["detail"]
+    # an operator's change is a logged engine event: the new value is in the config at once
+    r = api.ok("PUT", "/v1/risk-parameters", json={"market": BTC, "name": "liquidation_fee_ppm", "value": "2000"})
+    assert [e["type"] for e in r["events"]][:2] == ["ParameterChangeRequested", "ParameterChanged"]
+    assert api.call(lambda e: e.market_idx[BTC].spec.liquidation_fee_ppm) == 2000
+    bad = api.c.put("/v1/risk-parameters", json={"market": "", "name": "quote", "value": "1"})
+    assert bad.status_code == 409 and "not an engine parameter" in bad.text
+    halted = api.ok("POST", f"/v1/markets/{BTC}/halt", json={"reason": "test"})
+    assert any(e["type"] == "MarketHalted" for e in halted["events"])
+    assert api.ok("GET", f"/v1/markets/{BTC}")["halted"]
+    api.ok("POST", f"/v1/markets/{BTC}/resume")
+    assert not api.ok("GET", f"/v1/markets/{BTC}")["halted"]
 
 
 def test_healthz_and_metrics(api: Api) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -31,7 +31,14 @@ def admin_key(path: Path) -> tuple[str, bool]:
 
 @app.command()
 def serve(
-    db: Annotated[Path, typer.Option("--db", help="the durable event log (SQLite; created when missing)")],
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            help="the store, created when missing: a SQLite path or sqlite:///PATH, or"
+            " postgresql://USER:PASSWORD@HOST:PORT/DB?schema=NAME (the log, API keys and idempotency index live there)",
+        ),
+    ],
     admin_key_file: Annotated[
         Path, typer.Option("--admin-key-file", help="file holding the admin API key (created, and printed once)")
     ],
@@ -43,7 +50,13 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
     rate_limit: Annotated[float, typer.Option(min=0.0, help="requests/s per key (0: unlimited)")] = 1000.0,
     burst: Annotated[int, typer.Option(min=1, help="token bucket size per key")] = 2000,
-    snapshot_dir: Annotated[Path | None, typer.Option(help="snapshots (default: <db>.snapshots)")] = None,
+    snapshot_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="snapshots (default: <db>.snapshots; for PostgreSQL"
+            " ~/.local/state/fluidmargin/snapshots/HOST_PORT_DB_SCHEMA)"
+        ),
+    ] = None,
     snapshot_every: Annotated[int, typer.Option(min=0, help="records between snapshots (0: on shutdown)")] = 1_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
@@ -57,7 +70,7 @@ def serve(
         cfg = load_config(config) if config else None
         key, created = admin_key(admin_key_file)
         settings = ServiceSettings(
-            db=db,
+            db=cast(Path, db),  # a path or a URL: storage reads both (a URL must not go through Path)
             config=cfg,
             snapshot_dir=snapshot_dir,
             admin_key=key,

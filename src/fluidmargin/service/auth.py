@@ -1,8 +1,9 @@
 """API keys, roles, account scopes and per-key rate limits.
 
 Keys are random (``fm_`` + 43 url-safe characters), shown once when created and stored only as
-their SHA-256, in a key registry: its own SQLite file next to the event log. The same file holds
-the sub-account links (child -> parent); the engine knows nothing of sub-accounts.
+their SHA-256, in a key registry: tables in the event log's own store (the SQLite file, or the
+PostgreSQL schema; see :mod:`fluidmargin.service.storage`). The same tables hold the sub-account
+links (child -> parent); the engine knows nothing of sub-accounts.
 
 Roles: ``admin`` (everything; creates keys), ``venue`` (opens accounts, posts fills, moves
 collateral and reads any account, never prices), ``account`` (its own accounts and their
@@ -15,7 +16,6 @@ import dataclasses
 import hashlib
 import math
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,21 +34,21 @@ CREATE TABLE IF NOT EXISTS api_keys (
     role TEXT NOT NULL,
     name TEXT NOT NULL,
     source TEXT,
-    created_ns INTEGER NOT NULL,
+    created_ns BIGINT NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
-    rate_per_s REAL,
-    burst INTEGER
+    rate_per_s DOUBLE PRECISION,
+    burst BIGINT
 );
 CREATE TABLE IF NOT EXISTS key_accounts (
     key_id TEXT NOT NULL REFERENCES api_keys(key_id),
-    account_id INTEGER NOT NULL,
+    account_id BIGINT NOT NULL,
     PRIMARY KEY (key_id, account_id)
 );
 CREATE TABLE IF NOT EXISTS sub_accounts (
-    account_id INTEGER PRIMARY KEY,
-    parent_id INTEGER NOT NULL
+    account_id BIGINT PRIMARY KEY,
+    parent_id BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS sub_accounts_parent ON sub_accounts (parent_id);
+CREATE INDEX IF NOT EXISTS sub_accounts_parent ON sub_accounts (parent_id)
 """
 MAX_DEPTH = 8  # sub-accounts of sub-accounts: how far a scope reaches down
 
@@ -75,15 +75,24 @@ class KeyRecord:
 
 
 class KeyRegistry:
-    """The key and sub-account registry (SQLite, durable; cached in memory, written through)."""
+    """The key and sub-account registry (durable in the log's store; cached in memory, written through).
 
-    def __init__(self, path: str | FilePath) -> None:
-        self.path = FilePath(path)
+    ``target``: the store, a SQLite path or ``sqlite:`` URL, or a ``postgresql://`` URL (its schema).
+    """
+
+    def __init__(self, target: str | FilePath) -> None:
+        from fluidmargin.service.storage import ServiceTables
+
+        self.target = target
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        self._db = ServiceTables(target, durable=True)
+        try:
+            self._db.script(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+        self.path = self._db.where
+        self._migrate_legacy_file()
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
         self._parent: dict[int, int] = {}
@@ -91,20 +100,55 @@ class KeyRegistry:
 
     def _load(self) -> None:
         accts: dict[str, set[int]] = {}
-        for kid, aid in self._conn.execute("SELECT key_id, account_id FROM key_accounts"):
+        for kid, aid in self._db.execute("SELECT key_id, account_id FROM key_accounts"):
             accts.setdefault(kid, set()).add(int(aid))
-        rows = self._conn.execute(
+        rows = self._db.execute(
             "SELECT key_id, key_hash, role, name, source, created_ns, revoked, rate_per_s, burst FROM api_keys"
         )
         for kid, h, role, name, source, created, revoked, rate, burst in rows:
-            rec = KeyRecord(kid, role, name, frozenset(accts.get(kid, ())), source, created, bool(revoked), rate, burst)
+            rec = KeyRecord(
+                kid,
+                role,
+                name,
+                frozenset(accts.get(kid, ())),
+                source,
+                int(created),
+                bool(revoked),
+                None if rate is None else float(rate),
+                None if burst is None else int(burst),
+            )
             self._by_hash[h] = rec
             self._by_id[kid] = rec
-        self._parent = {int(a): int(p) for a, p in self._conn.execute("SELECT account_id, parent_id FROM sub_accounts")}
+        self._parent = {int(a): int(p) for a, p in self._db.execute("SELECT account_id, parent_id FROM sub_accounts")}
+
+    def _migrate_legacy_file(self) -> None:
+        """Bring in the keys of a registry kept in its own file (``<log>.keys.sqlite``, the old layout), once."""
+        if self._db.postgres:
+            return
+        legacy = FilePath(self.path).with_name(FilePath(self.path).name + ".keys.sqlite")
+        if not legacy.is_file() or self._db.execute("SELECT COUNT(*) FROM api_keys")[0][0]:
+            return
+        import sqlite3
+
+        tables = {
+            "api_keys": "key_id, key_hash, role, name, source, created_ns, revoked, rate_per_s, burst",
+            "key_accounts": "key_id, account_id",
+            "sub_accounts": "account_id, parent_id",
+        }
+        conn = sqlite3.connect(legacy)
+        try:
+            rows = {t: conn.execute(f"SELECT {cols} FROM {t}").fetchall() for t, cols in tables.items()}
+        finally:
+            conn.close()  # the last connection: its WAL is folded into the file
+        with self._db.transaction():
+            for t, cols in tables.items():
+                marks = ", ".join("?" * len(cols.split(", ")))
+                self._db.executemany(f"INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows[t])
+        legacy.rename(legacy.with_name(legacy.name + ".migrated"))
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
     # --- keys -----------------------------------------------------------------------------------
 
@@ -117,22 +161,16 @@ class KeyRegistry:
         )
         h = hash_key(secret)
         with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute(
+            with self._db.transaction():
+                self._db.execute(
                     "INSERT INTO api_keys (key_id, key_hash, role, name, source, created_ns, rate_per_s, burst)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (rec.key_id, h, role, name, source, rec.created_ns, rate_per_s, burst),
                 )
-                c.executemany(
+                self._db.executemany(
                     "INSERT INTO key_accounts (key_id, account_id) VALUES (?, ?)",
                     [(rec.key_id, a) for a in sorted(rec.account_ids)],
                 )
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
             self._by_hash[h] = rec
             self._by_id[rec.key_id] = rec
         return rec
@@ -174,7 +212,7 @@ class KeyRegistry:
             rec = self._by_id.get(key_id)
             if rec is None:
                 return None
-            self._conn.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
+            self._db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
             new = dataclasses.replace(rec, revoked=True)
             self._by_id[key_id] = new
             for h, r in self._by_hash.items():
@@ -187,8 +225,9 @@ class KeyRegistry:
     def link(self, child: int, parent: int) -> None:
         """Record ``child`` as a sub-account of ``parent`` (idempotent)."""
         with self._lock:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO sub_accounts (account_id, parent_id) VALUES (?, ?)", (child, parent)
+            self._db.execute(
+                "INSERT INTO sub_accounts (account_id, parent_id) VALUES (?, ?) ON CONFLICT (account_id) DO NOTHING",
+                (child, parent),
             )
             self._parent.setdefault(child, parent)
 

@@ -14,10 +14,11 @@ from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import FieldError, to_quantums
 from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
 from fluidmargin.service.schemas import (
-    ErrorOut,
     FundsView,
+    HaltIn,
     MarketView,
     OracleView,
+    ParameterChangeIn,
     PriceIn,
     RiskParameters,
     WriteResult,
@@ -89,12 +90,53 @@ async def risk_parameters(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str
 
 @router.put(
     "/risk-parameters",
-    status_code=501,
-    response_model=ErrorOut,
-    responses=errors(403),
-    summary="Change risk parameters (admin): not implemented yet, answers 501",
-    description="Parameter changes will be logged engine events, applied in order with every other input. "
-    "Until then this endpoint answers 501 Not Implemented for an admin key.",
+    response_model=WriteResult,
+    responses=errors(403, 409),
+    summary="Change one risk parameter (admin): a logged engine event",
+    description="Engine-wide (`market` empty) or per market; the names one may change are in the 409 answer to an "
+    "unknown name. The change is validated by the engine config's own checks, logged, and every account is "
+    "re-screened under the new value.",
 )
-async def change_risk_parameters(p: Annotated[Principal, ADMIN]) -> None:
-    raise HTTPException(501, "changing risk parameters is not implemented yet (it will be a logged engine event)")
+async def change_risk_parameters(
+    body: ParameterChangeIn, svc: Svc, p: Annotated[Principal, ADMIN], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    value = int(body.value)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        return ev.ParameterChangeRequested(ts, body.market, body.name, value)
+
+    return await write(svc, p, build, idem, ("parameter", body.model_dump()))
+
+
+@router.post(
+    "/markets/{symbol}/halt",
+    response_model=WriteResult,
+    responses=errors(403, 409),
+    summary="Halt new risk on a market (admin); liquidations go on",
+)
+async def halt_market(
+    symbol: Annotated[str, Path(max_length=64)],
+    body: HaltIn,
+    svc: Svc,
+    p: Annotated[Principal, ADMIN],
+    idem: IdempotencyKey = None,
+) -> dict[str, Any]:
+    def build(eng: Engine, ts: int) -> ev.Event:
+        return ev.MarketHaltRequested(ts, symbol, body.reason)
+
+    return await write(svc, p, build, idem, ("halt", symbol, body.model_dump()))
+
+
+@router.post(
+    "/markets/{symbol}/resume",
+    response_model=WriteResult,
+    responses=errors(403, 409),
+    summary="Lift an operator's halt (admin)",
+)
+async def resume_market(
+    symbol: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ADMIN], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    def build(eng: Engine, ts: int) -> ev.Event:
+        return ev.MarketResumeRequested(ts, symbol)
+
+    return await write(svc, p, build, idem, ("resume", symbol))

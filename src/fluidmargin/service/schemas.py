@@ -274,6 +274,18 @@ class PriceIn(Strict):
     confidence: Dec = Field("1", description="0..1")
 
 
+class ParameterChangeIn(Strict):
+    market: str = Field("", max_length=64, description="empty for an engine-wide parameter")
+    name: str = Field(max_length=64, description="a parameter name from GET /v1/risk-parameters' `changeable`")
+    value: str = Field(
+        pattern=r"^-?[0-9]{1,19}$", description="an integer in the parameter's own unit (ppm, quantums, ns, 0/1)"
+    )
+
+
+class HaltIn(Strict):
+    reason: str = Field("", max_length=200)
+
+
 # --- waterfall -------------------------------------------------------------------------------------------------
 
 
