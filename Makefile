@@ -17,7 +17,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fluidmargin demo --out out/demo --liquidation waterfall
 
-test: $(STAMP)
+# the browser test drives Debian's Chromium: installed here (apt-get) when /usr/bin/chromium is missing
+.PHONY: chromium
+chromium:
+	@bash scripts/chromium.sh >/dev/null || echo "scripts/chromium.sh failed: the browser test will fail (see above)" >&2
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 	FLUIDMARGIN_TEST_PG_URL="$$(bash scripts/postgres.sh)" $(BIN)/python -m pytest -n 2 -q
@@ -29,6 +34,14 @@ bench: $(STAMP)
 .PHONY: bench-service
 bench-service: $(STAMP)
 	FLUIDMARGIN_BENCH_PG_URL="$$(bash scripts/postgres.sh)" $(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_ws.py
+
+# the service on SQLite (out/serve/, a new log each time) with the crash scenario feeding it; Ctrl-C stops it
+.PHONY: serve
+SERVE_PORT ?= 8000
+serve: $(STAMP)
+	rm -rf out/serve/events.db out/serve/events.db-* out/serve/events.db.snapshots
+	$(BIN)/fluidmargin serve --db out/serve/events.db --admin-key-file out/serve/admin.key --port $(SERVE_PORT) --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -167,6 +167,7 @@ CASES: list[tuple[str, Req, dict[str, int]]] = [
         lambda w: ("POST", "/v1/prices", {"asset": "BTC", "price": "50000"}),
         expect({"admin": OK, "publisher": OK}),
     ),
+    ("dashboard summary", lambda w: ("GET", "/v1/dashboard/summary", None), expect({**OWNERS, "other": OK})),
     ("auctions", lambda w: ("GET", "/v1/auctions", None), expect(ANY_KEY)),
     ("auction", lambda w: ("GET", "/v1/auctions/BTC-PERP-99", None), expect(dict.fromkeys(KEYED, NOPE))),
     (

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import os
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -59,15 +64,34 @@ def serve(
     ] = None,
     snapshot_every: Annotated[int, typer.Option(min=0, help="records between snapshots (0: on shutdown)")] = 1_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="feed the built-in crash scenario (seeded population, BTC/ETH crash, waterfall venue) through"
+            " the engine worker at a watchable pace, on event time; needs a new log (or one of the same demo)",
+        ),
+    ] = False,
+    demo_accounts: Annotated[int, typer.Option(min=1, help="--demo: accounts in the population")] = 20_000,
+    demo_seed: Annotated[int, typer.Option(help="--demo: seed of prices and population")] = 42,
+    demo_days: Annotated[float, typer.Option(min=0.1, max=30.0, help="--demo: days of 1-minute prices")] = 1.0,
+    demo_speed: Annotated[
+        float, typer.Option(min=1.0, help="--demo: scenario seconds per wall-clock second (600: a minute in 0.1 s)")
+    ] = 600.0,
 ) -> None:
-    """Serve the API: accounts, margin, fills, what-if, prices, auctions, vault, metrics."""
+    """Serve the API: accounts, margin, fills, what-if, prices, auctions, vault, metrics, streams, dashboard."""
     import uvicorn
 
     from fluidmargin.service import ServiceSettings, create_app
     from fluidmargin.service.storage import load_config
 
+    feeder: DemoFeeder | None = None
     try:
-        cfg = load_config(config) if config else None
+        if demo:
+            if config:
+                raise FluidMarginError("--demo brings its own venue: leave out --config")
+            feeder = DemoFeeder(demo_accounts, demo_seed, demo_days, demo_speed)
+        cfg = feeder.config if feeder is not None else load_config(config) if config else None
         key, created = admin_key(admin_key_file)
         settings = ServiceSettings(
             db=cast(Path, db),  # a path or a URL: storage reads both (a URL must not go through Path)
@@ -78,6 +102,8 @@ def serve(
             burst=burst,
             snapshot_every=snapshot_every,
         )
+        if feeder is not None:
+            settings.clock = feeder.clock  # the service stamps inputs with the scenario's event time
         api = create_app(settings)
     except (FluidMarginError, ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -85,4 +111,88 @@ def serve(
     if created:
         typer.echo(f"admin API key (written to {admin_key_file}, shown only now): {key}")
     typer.echo(f"fluidmargin API on http://{host}:{port} (OpenAPI at /docs, metrics at /metrics)")
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
+    if feeder is not None:
+        typer.echo(f"dashboard (admin key in the fragment): http://{host}:{port}/#key={key}")
+        feeder.attach(api)
+    else:
+        typer.echo(f"dashboard: http://{host}:{port}/#key=<API key>")
+    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=feeder is None)
+
+
+class DemoFeeder:
+    """``serve --demo``: the built-in crash scenario fed through the engine worker as it runs.
+
+    Inputs keep the scenario's event time (the service's clock is the scenario's: see :meth:`clock`), so
+    funding, oracle staleness and auctions behave as in ``fluidmargin demo``; they are paced so that
+    ``speed`` scenario seconds pass per wall-clock second. The scenario is a pure function of its
+    parameters; a restart on the same log skips the inputs the log already holds.
+    """
+
+    def __init__(self, accounts: int, seed: int, days: float, speed: float) -> None:
+        from fluidmargin.cli.replay import replay_venue
+        from fluidmargin.sim.scenarios import CrashParams, PopulationSpec, Scenario, crash_candles
+
+        candles = crash_candles(seed, CrashParams(days=days))
+        self.config = replay_venue(candles, "waterfall")
+        self.scenario = Scenario(
+            self.config, candles, None, PopulationSpec(accounts, seed), path="close", name="serve --demo"
+        )
+        self.speed = speed
+        self.t_ns = self.scenario.span_ns[0]
+
+    def clock(self) -> int:
+        return self.t_ns
+
+    def attach(self, api: Any) -> None:
+        """Run :meth:`feed` while the app runs (after the worker has started, until shutdown)."""
+        inner = api.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[Any]:
+            async with inner(app) as state:
+                task = asyncio.ensure_future(self.feed(app))
+                try:
+                    yield state
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+        api.router.lifespan_context = lifespan
+
+    async def feed(self, app: Any) -> None:
+        try:
+            await self._feed(app.state.svc.worker)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the service keeps serving what it has
+            typer.echo(f"demo: stopped: {e!r}", err=True)
+
+    async def _feed(self, worker: Any) -> None:
+        from fluidmargin.model import events as ev
+
+        applied = await worker.read(lambda eng: eng.now_ns)
+        total = self.scenario.count()
+        t0 = self.scenario.span_ns[0]
+        wall0 = time.monotonic()
+        last_note = t0
+        typer.echo(f"demo: feeding {total} inputs of the crash scenario ({self.speed:g}x event time)")
+        for n, e in enumerate(self.scenario.events(), 1):
+            if e.ts_ns <= applied:
+                continue  # a restart: the log holds it already
+            wait = wall0 + (e.ts_ns - t0) / 1e9 / self.speed - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.t_ns = max(self.t_ns, e.ts_ns)
+
+            def build(eng: Any, ts: int, e: ev.Event = e) -> ev.Event:
+                return dataclasses.replace(e, ts_ns=ts)
+
+            out = await worker.write(build)
+            if isinstance(e, ev.AccountsSeeded):
+                typer.echo(f"demo: seeded {len(e.account_ids)} accounts (seq {out.seq})")
+            if e.ts_ns - last_note >= 6 * 3600 * 10**9:
+                last_note = e.ts_ns
+                when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.ts_ns / 1e9))
+                typer.echo(f"demo: event time {when} UTC, {n}/{total} inputs, seq {out.seq}")
+        typer.echo("demo: the crash scenario is over; the service keeps serving (Ctrl-C to stop)")

@@ -14,18 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.model.config import EngineConfig
-from fluidmargin.service import routes_accounts, routes_admin, routes_market, routes_waterfall, storage, views
+from fluidmargin.service import (
+    routes_accounts,
+    routes_admin,
+    routes_dashboard,
+    routes_market,
+    routes_waterfall,
+    storage,
+    streams,
+    views,
+)
 from fluidmargin.service.auth import KeyRegistry, RateLimiter
 from fluidmargin.service.codec import FieldError
 from fluidmargin.service.deps import EngineRejected, Service, rejection_status, visible_events
 from fluidmargin.service.metrics import Metrics, RequestTimer
 from fluidmargin.service.schemas import Healthz
 from fluidmargin.service.worker import EngineWorker, IdempotencyMismatch, WorkerUnavailable
+from fluidmargin.store.backend import describe
 
 API_VERSION = "1"
 
@@ -47,7 +59,7 @@ class ServiceSettings:
 def create_app(settings: ServiceSettings) -> FastAPI:
     config = settings.config or storage.log_config(settings.db)
     if config is None:
-        raise ValidationError(f"{settings.db} does not exist: give an engine config (--config) to create it")
+        raise ValidationError(f"{describe(settings.db)} does not exist: give an engine config (--config) to create it")
     snapshot_dir = settings.snapshot_dir or storage.default_snapshot_dir(settings.db)
     metrics = Metrics()
     worker = EngineWorker(
@@ -59,18 +71,21 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         on_flush=metrics.commit_latency.observe,
     )
     worker.add_commit_listener(metrics.on_commit)
-    Path(settings.db).parent.mkdir(parents=True, exist_ok=True)
     keys = KeyRegistry(settings.keys_db or storage.key_registry_path(settings.db))
     if settings.admin_key:
         keys.ensure_admin(settings.admin_key)
     svc = Service(worker, keys, RateLimiter(settings.rate_per_s, settings.burst), metrics, config)
+    hub = streams.StreamHub(svc, settings.db)  # WebSocket streams: fed by the worker after each commit
+    worker.add_commit_listener(hub.on_commit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
+        hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             worker.stop(snapshot=True)
             keys.close()
 
@@ -87,9 +102,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.svc = svc
+    app.state.hub = hub
     _handlers(app)
     for r in (routes_accounts, routes_market, routes_waterfall, routes_admin):
         app.include_router(r.router)
+    app.include_router(streams.router)
+    routes_dashboard.mount(app)
     _system_routes(app, svc)
     app.add_middleware(RequestTimer, metrics=metrics)
     return app
@@ -170,6 +188,12 @@ def _handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": exc.reason}, status_code=404)
         events = visible_events(svc_of(request), exc.outcome, getattr(request.state, "principal", None))
         return JSONResponse({"detail": exc.reason, "seq": exc.outcome.seq, "events": events}, status_code=409)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # a body that is not JSON (or not UTF-8): a validation error like any other
+            return _validation(["body"], str(exc.detail), "json_invalid")
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

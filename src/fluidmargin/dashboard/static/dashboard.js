@@ -2,53 +2,60 @@
 //
 // Data it reads (served by fluidmargin.service):
 //   GET  v1/dashboard/summary  -> {seq, accounts, markets: [{symbol, size_decimals, index, mark,
-//        funding_rate, open_interest_long, halted}], health: {edges, counts}, statuses: {healthy,
-//        at_risk, liquidating, bankrupt}, funds: {name: usd}, vault: {equity, shares} | null, auctions}
-//        (money and prices as decimal strings)
-//   WS   v1/stream?from_seq=N&key=K -> {seq, type, event} per logged record, integers as strings;
-//        on reconnect it resumes from the last seq seen + 1, so nothing is missed or repeated.
+//        funding_rate, open_interest_long, halted}], health: {edges, labels, counts}, worst: [{account_id,
+//        health_ratio, status}], statuses: {healthy, at_risk, liquidating, bankrupt}, funds: {name: usd},
+//        vault: {equity, shares} | null, auctions} (money, prices and ratios as decimal strings)
+//   WS   v1/stream?from_seq=N&key=K -> {op: "hello"|"live", ...} control messages, and data messages
+//        {seq, records: [{seq, type, events: [wire events]}]}: every log record up to seq this key may see
+//        (wire events as the API renders them: quantums as decimal strings). On reconnect it resumes
+//        from the last message's seq + 1, so nothing is missed or repeated.
 // The API key comes from the page address: /#key=... (or ?key=...).
 "use strict";
 
 const KEY = new URLSearchParams(location.hash.slice(1)).get("key") || new URLSearchParams(location.search).get("key") || "";
-const PRICE = 1e8, QUOTE = 1e6, MAX_POINTS = 600, FEED_ROWS = 60;
+const MAX_POINTS = 600, FEED_ROWS = 60, REDRAW_MS = 250;
 const $ = (id) => document.getElementById(id);
-const state = { seq: 0, events: 0, liq: 0, markets: {}, sizeDec: {}, prices: null, funds: null, risk: null };
+const state = { seq: 0, events: 0, liq: 0, markets: {}, prices: null, funds: null, risk: null, dirty: false };
 
 function fmt(x, d = 2) { return Number(x).toLocaleString(undefined, { maximumFractionDigits: d }); }
 function now() { return Date.now() / 1000; }
+function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]); }
 
 function lineChart(el, series, height = 220) {
   const opts = {
     width: el.clientWidth || 600, height,
     series: [{}, ...series.map((s, i) => ({ label: s, stroke: ["#4fc3f7", "#ffb300", "#81c784", "#e57373", "#ba68c8", "#90a4ae"][i % 6], width: 1.5 }))],
-    axes: [{ stroke: "#8391a1" }, { stroke: "#8391a1", size: 70 }],
+    axes: [{ stroke: "#8391a1" }, { stroke: "#8391a1", size: 86 }],
     scales: { x: { time: true } },
   };
   const data = [[], ...series.map(() => [])];
   return { plot: new uPlot(opts, data, el), data, series };
 }
 
-function push(chart, values) {
+function push(chart, values, draw = true) {
   chart.data[0].push(now());
   chart.series.forEach((s, i) => chart.data[i + 1].push(values[s] ?? null));
   if (chart.data[0].length > MAX_POINTS) chart.data.forEach((a) => a.shift());
+  if (!draw) return;
   chart.plot.setData(chart.data);
+  const xs = chart.data[0], last = xs[xs.length - 1];
+  if (last - xs[0] < 60) chart.plot.setScale("x", { min: last - 60, max: last + 1 });  // at least a minute
 }
 
+let healthLabels = [];
 function barChart(el) {
   const opts = {
     width: el.clientWidth || 460, height: 200,
-    series: [{}, { label: "accounts", stroke: "#4fc3f7", fill: "rgba(79,195,247,0.35)", paths: uPlot.paths.bars({ size: [0.9] }) }],
-    axes: [{ stroke: "#8391a1", values: (u, v) => v.map((x) => fmt(x, 2)) }, { stroke: "#8391a1", size: 60 }],
-    scales: { x: { time: false } },
+    series: [{}, { label: "buckets", stroke: "#4fc3f7", fill: "rgba(79,195,247,0.35)", paths: uPlot.paths.bars({ size: [0.9] }) }],
+    axes: [{ stroke: "#8391a1", values: (u, v) => v.map((x) => healthLabels[x] ?? "") }, { stroke: "#8391a1", size: 60 }],
+    scales: { x: { time: false, range: (u, lo, hi) => [lo - 0.5, hi + 0.5] } },
   };
   return new uPlot(opts, [[0], [0]], el);
 }
 
 async function api(path) {
   const r = await fetch(path, { headers: KEY ? { Authorization: "Bearer " + KEY } : {} });
-  if (!r.ok) throw new Error(path + ": " + r.status);
+  if (!r.ok) throw new Error(path + ": HTTP " + r.status);
   return r.json();
 }
 
@@ -61,15 +68,19 @@ async function refresh() {
     mk.innerHTML = "<tr><th>market</th><th></th><th>index</th><th>mark</th><th>funding</th></tr>";
     oi.innerHTML = "";
     for (const m of s.markets) {
-      state.sizeDec[m.symbol] = m.size_decimals;
-      mk.insertAdjacentHTML("beforeend", `<tr><td>${m.symbol}</td><td>${m.halted ? "HALTED" : ""}</td><td>${fmt(m.index)}</td><td>${fmt(m.mark)}</td><td>${fmt(Number(m.funding_rate) * 100, 4)} %</td></tr>`);
-      oi.insertAdjacentHTML("beforeend", `<tr><td>${m.symbol}</td><td>${fmt(m.open_interest_long, 4)}</td></tr>`);
+      mk.insertAdjacentHTML("beforeend", `<tr><td>${esc(m.symbol)}</td><td>${m.halted ? "HALTED" : ""}</td><td>${m.index === null ? "–" : fmt(m.index)}</td><td>${m.mark === null ? "–" : fmt(m.mark)}</td><td>${fmt(Number(m.funding_rate) * 100, 4)} %</td></tr>`);
+      oi.insertAdjacentHTML("beforeend", `<tr><td>${esc(m.symbol)}</td><td>${fmt(m.open_interest_long, 4)}</td></tr>`);
     }
+    healthLabels = s.health.labels;
     if (!health) health = barChart($("health"));
-    health.setData([s.health.edges.slice(0, s.health.counts.length), s.health.counts]);
+    health.setData([s.health.counts.map((_, i) => i), s.health.counts]);
     $("at_risk").textContent = fmt(s.statuses.at_risk, 0);
     $("liquidating").textContent = fmt(s.statuses.liquidating, 0);
     $("bankrupt").textContent = fmt(s.statuses.bankrupt, 0);
+    $("nauctions").textContent = fmt(s.auctions, 0);
+    const w = $("worst");
+    w.innerHTML = "<tr><th>account</th><th>status</th><th>equity / maintenance</th></tr>";
+    for (const a of s.worst) w.insertAdjacentHTML("beforeend", `<tr><td>${a.account_id}</td><td>${esc(a.status)}</td><td>${fmt(a.health_ratio, 3)}</td></tr>`);
     if (!state.risk) state.risk = lineChart($("risk_ts"), ["at_risk", "liquidating", "bankrupt"], 140);
     push(state.risk, s.statuses);
     const f = {};
@@ -78,71 +89,107 @@ async function refresh() {
     if (!state.funds) state.funds = lineChart($("funds"), Object.keys(f), 200);
     push(state.funds, f);
     if (!state.seq) state.seq = s.seq;
+    $("error").textContent = "";
   } catch (e) {
+    $("error").textContent = String(e.message || e);
     console.warn(e);
   }
 }
 
-function feedRow(seq, type, e) {
-  const market = e.market || (e.auction_id ? e.auction_id.replace(/-\d+$/, "") : "");
-  const dec = state.sizeDec[market] ?? 8;
-  let accounts = e.account_id ?? (e.account_ids ? (e.account_ids.length > 3 ? e.account_ids.length + " accounts" : e.account_ids.join(",")) : "");
-  let size = e.size_base_q ?? (e.sizes ? e.sizes.reduce((a, b) => a + Number(b), 0) : e.net_base_q);
-  let price = e.price_q ? fmt(Number(e.price_q) / PRICE) : "";
-  let detail = "";
-  if (e.fee_quote_q) detail = "penalty " + fmt(Number(e.fee_quote_q) / QUOTE);
-  if (e.fees) detail = "penalties " + fmt(e.fees.reduce((a, b) => a + Number(b), 0) / QUOTE);
-  if (e.slippage_quote_q) detail = "slippage " + fmt(Number(e.slippage_quote_q) / QUOTE);
-  if (e.fund_pnl_quote_q) detail += " fund " + fmt(Number(e.fund_pnl_quote_q) / QUOTE);
-  if (e.amount_quote_q) detail = "amount " + fmt(Number(e.amount_quote_q) / QUOTE);
-  if (e.reason) detail = e.reason;
-  if (e.how) detail = e.how;
-  const tr = document.createElement("tr");
-  tr.innerHTML = `<td>${seq}</td><td>${type}</td><td>${market}</td><td>${accounts}</td><td>${size === undefined ? "" : fmt(Number(size) / 10 ** dec, 6)}</td><td>${price}</td><td>${detail}</td>`;
-  const body = $("feed");
-  body.insertBefore(tr, body.firstChild);
-  while (body.rows.length > FEED_ROWS) body.deleteRow(-1);
-}
-
 const FEED = new Set(["PositionLiquidated", "PositionsLiquidated", "BatchNetted", "LiquidationExecuted", "AuctionStarted",
   "AuctionBidFilled", "AuctionReset", "AuctionFinished", "BackstopTakeover", "AutoDeleveraged", "BadDebtSocialized", "MarketHalted", "MarketResumed"]);
+const pending = [];  // feed rows waiting for the next redraw
 
-function onEvent(msg) {
-  state.seq = msg.seq;
-  state.events += 1;
-  $("seq").textContent = msg.seq;
+function feedRow(rec) {
+  const evs = rec.events;
+  let e = evs[0], accounts = "", size = "", price = "", detail = "";
+  if (rec.type === "PositionsLiquidated") {  // one row for the batch: its per-account closes summed
+    const closes = evs.filter((x) => x.type === "PositionLiquidated");
+    e = closes[0] || e;
+    accounts = closes.length > 3 ? closes.length + " accounts" : closes.map((x) => x.account_id).join(",");
+    size = closes.reduce((a, x) => a + Number(x.size), 0);
+    detail = "penalties " + fmt(closes.reduce((a, x) => a + Number(x.fee), 0));
+  } else {
+    accounts = e.account_id ?? (e.account_ids ? (e.account_ids.length > 3 ? e.account_ids.length + " accounts" : e.account_ids.join(",")) : "");
+    if (e.bankrupt_account_id !== undefined) accounts += " (bankrupt " + e.bankrupt_account_id + ")";
+    size = e.size ?? e.net ?? "";
+    if (e.fee !== undefined) detail = "penalty " + fmt(e.fee);
+    if (e.slippage !== undefined) detail = "slippage " + fmt(e.slippage);
+    if (e.fund_pnl !== undefined) detail += " fund " + fmt(e.fund_pnl);
+    if (e.amount !== undefined) detail = "amount " + fmt(e.amount);
+    if (e.reason) detail = e.reason;
+    if (e.how) detail = e.how;
+  }
+  price = e.price !== undefined ? fmt(e.price) : "";
+  const market = e.market || (e.auction_id ? e.auction_id.replace(/-\d+$/, "") : "");
+  const tr = document.createElement("tr");
+  tr.dataset.type = rec.type;
+  tr.innerHTML = `<td>${rec.seq}</td><td>${esc(rec.type)}</td><td>${esc(market)}</td><td>${esc(accounts)}</td><td>${size === "" ? "" : fmt(size, 6)}</td><td>${price}</td><td>${esc(detail)}</td>`;
+  pending.push(tr);
+}
+
+function onRecord(rec) {
+  state.events += rec.events.length;
+  for (const e of rec.events) {
+    if (e.type === "MarkPriceUpdated" || e.type === "IndexPriceUpdated") {
+      const key = e.type === "MarkPriceUpdated" ? "mark " + e.market : "index " + e.asset;
+      state.markets[key] = Number(e.price);
+      state.dirty = true;
+    } else if (e.type === "PositionLiquidated") {
+      state.liq += 1;
+    }
+  }
+  if (FEED.has(rec.type)) feedRow(rec);
+}
+
+function redraw() {
+  $("seq").textContent = state.seq;
   $("nevents").textContent = fmt(state.events, 0);
-  const e = msg.event;
-  if (msg.type === "MarkPriceUpdated" || msg.type === "IndexPriceUpdated") {
-    const key = msg.type === "MarkPriceUpdated" ? "mark " + e.market : "index " + e.asset;
-    state.markets[key] = Number(e.price_q) / PRICE;
-    if (!state.prices) return;
-    if (!state.prices.series.includes(key)) {
+  $("nliq").textContent = fmt(state.liq, 0) + " positions liquidated";
+  if (pending.length) {
+    const body = $("feed");
+    for (const tr of pending.splice(0).slice(-FEED_ROWS)) body.insertBefore(tr, body.firstChild);
+    while (body.rows.length > FEED_ROWS) body.deleteRow(-1);
+  }
+  if (state.dirty && state.prices) {
+    state.dirty = false;
+    const keys = Object.keys(state.markets).sort();
+    if (keys.join() !== state.prices.series.join()) {
       state.prices.plot.destroy();
       $("prices").innerHTML = "";
-      state.prices = lineChart($("prices"), Object.keys(state.markets).sort(), 240);
+      state.prices = lineChart($("prices"), keys, 240);
     }
     push(state.prices, state.markets);
-  } else if (FEED.has(msg.type)) {
-    state.liq += msg.type === "PositionsLiquidated" ? e.account_ids.length : 1;
-    $("nliq").textContent = fmt(state.liq, 0) + " liquidation events";
-    feedRow(msg.seq, msg.type, e);
   }
 }
+
+function setConn(text, on) { $("conn").textContent = text; $("conn").className = "pill " + (on ? "on" : "off"); }
 
 let ws = null, retry = 500;
 function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const base = location.pathname.replace(/[^/]*$/, "");
-  const url = `${proto}//${location.host}${base}v1/stream?from_seq=${state.seq + 1}` + (KEY ? `&key=${encodeURIComponent(KEY)}` : "");
-  ws = new WebSocket(url);
-  ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; retry = 500; };
+  const params = new URLSearchParams();
+  if (state.seq) params.set("from_seq", state.seq + 1);
+  if (KEY) params.set("key", KEY);
+  ws = new WebSocket(`${proto}//${location.host}${base}v1/stream?${params}`);
   ws.onmessage = (m) => {
     const msg = JSON.parse(m.data);
-    if (typeof msg.seq === "number" && msg.type) onEvent(msg);
+    if (msg.op === "hello") setConn(msg.from_seq ? "catching up" : "live", !msg.from_seq);
+    else if (msg.op === "live") setConn("live", true);
+    else if (Array.isArray(msg.records)) {
+      for (const rec of msg.records) onRecord(rec);
+      state.seq = msg.seq;
+      retry = 500;
+    }
   };
-  ws.onclose = () => {
-    $("conn").textContent = "reconnecting"; $("conn").className = "pill off";
+  ws.onclose = (ev) => {
+    if (ev.code === 4401 || ev.code === 4403) {  // a bad key: retrying will not help
+      setConn("unauthorized", false);
+      $("error").textContent = ev.reason || "unauthorized: open the page as /#key=<API key>";
+      return;
+    }
+    setConn("reconnecting", false);
     setTimeout(connect, retry);
     retry = Math.min(retry * 2, 8000);
   };
@@ -150,8 +197,10 @@ function connect() {
 
 async function main() {
   state.prices = lineChart($("prices"), [], 240);
+  if (!KEY) $("error").textContent = "no API key: open the page as /#key=<API key>";
   await refresh();
   connect();
   setInterval(refresh, 1000);
+  setInterval(redraw, REDRAW_MS);
 }
 main();
