@@ -62,7 +62,7 @@ def free_port() -> int:
 class Server:
     """``fluidmargin serve`` in a subprocess."""
 
-    def __init__(self, db: str, workdir: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, db: str, workdir: Path, extra: list[str] | None = None, config: str = "perp") -> None:
         self.port = free_port()
         keyfile = workdir / "admin.key"
         keyfile.write_text(ADMIN + "\n")
@@ -74,7 +74,7 @@ class Server:
             "--db",
             db,
             "--config",
-            "perp",
+            config,
             "--admin-key-file",
             str(keyfile),
             "--port",

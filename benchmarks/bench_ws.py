@@ -23,10 +23,8 @@ import base64
 import os
 import resource
 import select
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,54 +34,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ADMIN = "fm_bench-ws-admin-key"
-HOST = "127.0.0.1"
-
-
-def out(name: str, value: object) -> None:
-    print(f"{name}: {value}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        keyfile = work / "admin.key"
-        keyfile.write_text(ADMIN + "\n")
-        cmd = [
-            sys.executable, "-m", "fluidmargin", "serve", "--db", str(work / "events.db"), "--config", "waterfall",
-            "--admin-key-file", str(keyfile), "--port", str(self.port), "--rate-limit", "0",
-            "--snapshot-every", "0", "--log-level", "warning",
-        ]  # fmt: skip
-        self.log = open(work / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=work)
-        self.url = f"http://{HOST}:{self.port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {(work / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_service import ADMIN, HOST, Server, out
 
 
 class Sub:
@@ -156,7 +108,8 @@ def main() -> None:
     want = min(hard, max(soft, 2 * a.subscribers + 256))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the server inherits it too
     with tempfile.TemporaryDirectory(prefix="fm-bench-ws-") as tmp:
-        server = Server(Path(tmp))
+        work = Path(tmp)
+        server = Server(str(work / "events.db"), work, ["--rate-limit", "0", "--snapshot-every", "0"], "waterfall")
         try:
             run(server, a.subscribers, a.ticks)
         finally:
