@@ -1536,6 +1536,13 @@ class Engine:
         shift = m.spec.size_decimals + PRICE_DECIMALS - QUOTE_DECIMALS
         return not (m.mark_q is None or shift < 0 or mdl.sqrt_imf_factor_ppm or mdl.close_fee_ppm or mdl.mm_on_entry)
 
+    @staticmethod
+    def _kernel_scales(m: _Market) -> tuple[np.int64, int, int]:
+        """The exact kernels' mark and divisors: value = size x mark / pshift, funding = size x d fidx / fdiv."""
+        assert m.mark_q is not None
+        sd = m.spec.size_decimals
+        return np.int64(m.mark_q), 10 ** (sd + PRICE_DECIMALS - QUOTE_DECIMALS), 10**sd * FUNDING_SCALE // QUOTE_SCALE
+
     def _kernel_tables(self, m: _Market) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mdl = m.spec.margin
         return (
@@ -1572,7 +1579,6 @@ class Engine:
                 continue
             assert m.mark_q is not None
             blocked = bool(self._oracle_blocked([m.spec.base_asset], orc.Action.LIQUIDATE))
-            sd = m.spec.size_decimals
             for iso, krows, kpos in kinds:
                 sel = np.flatnonzero(self.pos_mkt[kpos] == m.i)
                 if not len(sel):
@@ -1584,9 +1590,7 @@ class Engine:
                     self.pos_cost[ps],
                     self.pos_iso_margin[ps] if iso else self.bal[rs, self.quote_c],
                     m.fidx - self.pos_fidx[ps],
-                    np.int64(m.mark_q),
-                    10 ** (sd + PRICE_DECIMALS - QUOTE_DECIMALS),
-                    10 ** (sd + 6),
+                    *self._kernel_scales(m),
                     *self._kernel_tables(m),
                     res,
                 )
@@ -1658,7 +1662,6 @@ class Engine:
         positions in ``idx`` it settled."""
         from fluidmargin.risk import mass_close as mc
 
-        sd = m.spec.size_decimals
         assert m.mark_q is not None
         res = np.zeros((len(idx), 11), dtype=np.int64)
         mc.mass_close(
@@ -1666,9 +1669,7 @@ class Engine:
             self.pos_cost[ps],
             self.pos_iso_margin[ps] if iso else self.bal[rows, self.quote_c],
             m.fidx - self.pos_fidx[ps],
-            np.int64(m.mark_q),
-            10 ** (sd + PRICE_DECIMALS - QUOTE_DECIMALS),
-            10 ** (sd + 6),
+            *self._kernel_scales(m),
             m.spec.liquidation_fee_ppm,
             *self._kernel_tables(m),
             isinstance(self.liquidator, liq.PartialToTarget),

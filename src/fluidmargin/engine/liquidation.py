@@ -47,18 +47,16 @@ class CloseAtMark:
         if self.max_notional_quote_q:
             q = partial.cap_close(q, self.max_notional_quote_q, m.mark_q, m.spec.size_decimals)
         allowance = eng.wf.account_allowance(int(eng.pos_acct[p]))
-        if allowance is not None and q:
-            q = partial.cap_close(q, max(allowance, 0), m.mark_q, m.spec.size_decimals)
-            if margin.value_quote_q(abs(q), m.mark_q, m.spec.size_decimals, Rounding.CEIL) > allowance:
-                q = 0  # not even one quantum fits in what is left of this window
+        if allowance is not None:
+            q = partial.cap_close(q, max(allowance, 0), m.mark_q, m.spec.size_decimals, at_least_one=False)
         return q
 
     @staticmethod
     def _cross_positions(eng: Engine, b: Bucket) -> list[int]:
         """The cross bucket's open positions, largest maintenance contribution first, then market index."""
-        ps = [p for p in eng.positions_of(b.row) if eng.pos_size[p] and not eng.pos_iso[p]]
-        ps.sort(key=lambda p: (-eng.position_risk(p).mm_quote_q, int(eng.pos_mkt[p])))
-        return ps
+        by_market = {int(eng.pos_mkt[p]): p for p in eng.positions_of(b.row) if eng.pos_size[p] and not eng.pos_iso[p]}
+        order = partial.pick_order([(mi, eng.position_risk(p).mm_quote_q) for mi, p in by_market.items()])
+        return [by_market[mi] for mi, _mm in order]
 
     @staticmethod
     def _cover_cross_shortfall(eng: Engine, b: Bucket, out: list[ev.Event]) -> None:

@@ -119,6 +119,19 @@ def inventory_pnl(size: int, q: int, price_q: int, released: int, size_decimals:
     return -margin.value_quote_q(q, price_q, size_decimals, Rounding.FLOOR) - released
 
 
+def hand_over(lot: Order | Auction, q: int, price_q: int, size_decimals: int) -> int:
+    """Hand ``q`` of a lot of inventory to a taker at ``price_q``; returns the fund's PnL on it.
+
+    The lot shrinks by ``q`` and its cost basis pro rata, rounded in the fund's favour (the last
+    part takes exactly what is left).
+    """
+    released = div_round(lot.cost * q, abs(lot.size), Rounding.FLOOR)
+    pnl = inventory_pnl(lot.size, q, price_q, released, size_decimals)
+    lot.size -= _sign(lot.size) * q
+    lot.cost -= released
+    return pnl
+
+
 class Waterfall:
     """The waterfall's state (funds, tick orders, auctions, vault shares) and its steps."""
 
@@ -254,15 +267,12 @@ class Waterfall:
             p = eng._find_pos(r, m.i)
             eng._settle_funding(p, out)
             eng._trade(p, f.position_delta_base_q, price, 0)
-            released = div_round(o.cost * f.reduction_base_q, abs(o.size), Rounding.FLOOR)
-            pnl = inventory_pnl(o.size, f.reduction_base_q, price, released, m.spec.size_decimals)
+            pnl = hand_over(o, f.reduction_base_q, price, m.spec.size_decimals)
             out.append(
                 ev.AutoDeleveraged(
                     eng.now_ns, f.account_id, m.spec.symbol, f.position_delta_base_q, price, rank, o.account_id, pnl
                 )
             )
-            o.size -= s * f.reduction_base_q
-            o.cost -= released
             self._fund_pnl(fund, pnl, "adl", f.account_id, out)
             eng._resync(r)
             eng._recheck.extend(eng._buckets_of(r))
@@ -494,14 +504,9 @@ class Waterfall:
         reason = eng.take_position(r, m, delta, price, out)
         if reason:
             return f"too little collateral: {reason}"
-        released = a.cost if q == abs(a.size) else div_round(a.cost * q, abs(a.size), Rounding.FLOOR)
-        pnl = inventory_pnl(a.size, q, price, released, m.spec.size_decimals)
-        reward = (
-            a.incentive_left_q if q == abs(a.size) else div_round(a.incentive_left_q * q, abs(a.size), Rounding.FLOOR)
-        )
-        a.size -= delta
-        a.cost -= released
+        reward = div_round(a.incentive_left_q * q, abs(a.size), Rounding.FLOOR)  # all of it with the last part
         a.incentive_left_q -= reward
+        pnl = hand_over(a, q, price, m.spec.size_decimals)
         out.append(ev.AuctionBidFilled(eng.now_ns, a.auction_id, e.account_id, delta, price, pnl, reward))
         self._fund_pnl(a.fund, pnl, "auction", a.accounts[0] if len(a.accounts) == 1 else -1, out)
         if reward:
@@ -545,10 +550,7 @@ class Waterfall:
             q //= 2
         if q == 0:
             return
-        released = a.cost if q == abs(a.size) else div_round(a.cost * q, abs(a.size), Rounding.FLOOR)
-        pnl = inventory_pnl(a.size, q, price, released, m.spec.size_decimals)
-        a.size -= s * q
-        a.cost -= released
+        pnl = hand_over(a, q, price, m.spec.size_decimals)
         if a.size == 0:
             a.incentive_left_q = 0  # no keeper earned it
         out.append(ev.BackstopTakeover(eng.now_ns, a.auction_id, m.spec.symbol, s * q, price, pnl))

@@ -220,8 +220,12 @@ def pick_order(positions: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return sorted(positions, key=lambda p: (-p[1], p[0]))
 
 
-def cap_close(size: int, max_notional_quote_q: int, mark_q: int, size_decimals: int) -> int:
-    """Cap a close to ``max_notional`` at the mark (per-event cap), keeping sign, at least one quantum."""
+def cap_close(size: int, max_notional_quote_q: int, mark_q: int, size_decimals: int, at_least_one: bool = True) -> int:
+    """Cap a close to ``max_notional`` at the mark, keeping sign.
+
+    With ``at_least_one`` (a per-event cap: every event makes progress) at least one quantum is
+    closed; without (a budget that may be spent) the result is 0 when not even one quantum fits.
+    """
     if mark_q <= 0 or max_notional_quote_q < 0:
         raise ValidationError("mark must be positive and the cap non-negative")
     if size == 0:
@@ -232,5 +236,7 @@ def cap_close(size: int, max_notional_quote_q: int, mark_q: int, size_decimals: 
         q_max = max_notional_quote_q * pow10(shift) // mark_q
     else:
         q_max = max_notional_quote_q // (mark_q * pow10(-shift))
-    a = max(1, min(abs(size), q_max))
+    a = min(abs(size), q_max)
+    if at_least_one:
+        a = max(a, 1)
     return a if size > 0 else -a

@@ -44,6 +44,23 @@ class LogCorruptError(FluidMarginError):
     """A stored record is unreadable or inconsistent (names the seq)."""
 
 
+Row = tuple[int, int, str, bool, bytes]  # seq, ts_ns, type, is_input, payload
+
+
+def encode_rows(records: Iterable[tuple[int, Event]]) -> list[Row]:
+    """The stored rows of ``(seq, event)`` records (every backend stores the same)."""
+    return [(seq, e.ts_ns, type(e).__name__, e.is_input, encode_event(e)) for seq, e in records]
+
+
+def check_continues(rows: list[Row], last: int, checkpoint: tuple[int, str] | None) -> None:
+    """Refuse rows that do not continue a log ending at ``last``, or a checkpoint not at their end."""
+    for i, row in enumerate(rows):
+        if row[0] != last + 1 + i:
+            raise ValidationError(f"seq {row[0]} does not continue the log (expected {last + 1 + i})")
+    if checkpoint is not None and checkpoint[0] != last + len(rows):
+        raise ValidationError(f"checkpoint seq {checkpoint[0]} is not the end of the log ({last + len(rows)})")
+
+
 def encode_event(event: Event) -> bytes:
     """The payload stored for ``event``: orjson of :meth:`Event.to_dict`."""
     return orjson.dumps(event.to_dict())
@@ -171,21 +188,15 @@ class EventLog:
         """
         if self.readonly:
             raise ValidationError(f"{self.path} is open read-only")
-        rows = []
-        for seq, event in records:
-            rows.append((seq, event.ts_ns, type(event).__name__, int(event.is_input), encode_event(event)))
+        rows = encode_rows(records)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             last = self._max_seq()
-            for i, row in enumerate(rows):
-                if row[0] != last + 1 + i:
-                    raise ValidationError(f"seq {row[0]} does not continue the log (expected {last + 1 + i})")
+            check_continues(rows, last, checkpoint)
             conn.executemany("INSERT INTO events (seq, ts_ns, type, is_input, payload) VALUES (?, ?, ?, ?, ?)", rows)
             if checkpoint is not None:
                 cseq, chash = checkpoint
-                if cseq != last + len(rows):
-                    raise ValidationError(f"checkpoint seq {cseq} is not the end of the log ({last + len(rows)})")
                 conn.executemany(
                     "UPDATE meta SET value = ? WHERE key = ?",
                     [(str(cseq).encode(), "checkpoint_seq"), (chash.encode(), "checkpoint_hash")],

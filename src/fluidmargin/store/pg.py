@@ -27,7 +27,14 @@ from fluidmargin.core.errors import ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.events import EVENT_TYPES, Event, event_from_dict
-from fluidmargin.store.log import MAGIC, SCHEMA_VERSION, LogCorruptError, LogFormatError, encode_event
+from fluidmargin.store.log import (
+    MAGIC,
+    SCHEMA_VERSION,
+    LogCorruptError,
+    LogFormatError,
+    check_continues,
+    encode_rows,
+)
 
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "public"
@@ -209,19 +216,13 @@ class PgEventLog:
         """
         if self.readonly:
             raise ValidationError(f"{self.path} is open read-only")
-        rows = []
-        for seq, event in records:
-            rows.append((seq, event.ts_ns, type(event).__name__, bool(event.is_input), encode_event(event)))
+        rows = encode_rows(records)
         conn = self._conn
         with conn.transaction():
             # one writer at a time; readers are not blocked
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._events))
             last = self._max_seq()
-            for i, row in enumerate(rows):
-                if row[0] != last + 1 + i:
-                    raise ValidationError(f"seq {row[0]} does not continue the log (expected {last + 1 + i})")
-            if checkpoint is not None and checkpoint[0] != last + len(rows):
-                raise ValidationError(f"checkpoint seq {checkpoint[0]} is not the end of the log ({last + len(rows)})")
+            check_continues(rows, last, checkpoint)
             if rows:
                 with (
                     conn.cursor() as cur,
