@@ -20,9 +20,28 @@ class Event:
     is_input: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = {name: getattr(self, name) for name, _want, _required in field_specs(type(self))}
         d["type"] = type(self).__name__
         return d
+
+
+_SPECS: dict[type, tuple[tuple[str, str, bool], ...]] = {}
+
+
+def field_specs(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    """``(name, declared type, required)`` of each field of an event class, in order (cached: the hot
+    path asks for every input)."""
+    specs = _SPECS.get(cls)
+    if specs is None:
+        specs = _SPECS[cls] = tuple(
+            (
+                f.name,
+                f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        )
+    return specs
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -511,12 +530,12 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     cls = EVENT_TYPES.get(str(name))
     if cls is None:
         raise ValidationError(f"unknown event type {name!r}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    extra = set(d) - set(names)
+    specs = field_specs(cls)
+    extra = set(d).difference(n for n, _w, _r in specs)
     if extra:
         raise ValidationError(f"{name}: unknown fields {sorted(extra)}")
-    for key, f in names.items():
-        if key not in d and f.default is dataclasses.MISSING:
+    for key, _want, required in specs:
+        if required and key not in d:
             raise ValidationError(f"{name}: missing field {key!r}")
     event = cls(**d)
     bad = field_type_error(event)
@@ -545,9 +564,11 @@ def _type_error(name: str, want: str, v: Any) -> str:
 
 def field_type_error(event: Event) -> str:
     """Empty if every field of ``event`` has its declared type (ints are never bools), else why not."""
-    for f in dataclasses.fields(event):
-        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        bad = _type_error(f"{type(event).__name__}.{f.name}", want, getattr(event, f.name))
+    for name, want, _required in field_specs(type(event)):
+        v = getattr(event, name)
+        if (want == "int" and type(v) is int) or (want == "str" and type(v) is str):
+            continue  # the common case, without building a field label
+        bad = _type_error(f"{type(event).__name__}.{name}", want, v)
         if bad:
             return bad
     return ""

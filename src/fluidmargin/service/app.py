@@ -34,6 +34,7 @@ from fluidmargin.service import (
 from fluidmargin.service.auth import KeyRegistry, RateLimiter
 from fluidmargin.service.codec import FieldError
 from fluidmargin.service.deps import EngineRejected, Service, rejection_status, visible_events
+from fluidmargin.service.fastpath import FastPath
 from fluidmargin.service.metrics import Metrics, RequestTimer
 from fluidmargin.service.schemas import Healthz
 from fluidmargin.service.worker import EngineWorker, IdempotencyMismatch, WorkerUnavailable
@@ -54,6 +55,20 @@ class ServiceSettings:
     max_batch: int = 4096
     snapshot_every: int = 1_000_000  # records between snapshots (0: only on shutdown)
     clock: Callable[[], int] = time.time_ns
+    fast_path: bool = True  # the hot writes skip FastAPI's machinery (service/fastpath.py)
+
+
+class ServiceApp(FastAPI):
+    """The FastAPI app, with the hot writes first offered to the fast path."""
+
+    fast: FastPath | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            taken, receive = await self.fast.handle(scope, receive, send)
+            if taken:
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -89,7 +104,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             worker.stop(snapshot=True)
             keys.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="fluidmargin",
         version=API_VERSION,
         summary="Real-time margin engine: accounts, margin, liquidations, auctions, vault",
@@ -110,6 +125,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     routes_dashboard.mount(app)
     _system_routes(app, svc)
     app.add_middleware(RequestTimer, metrics=metrics)
+    if settings.fast_path:
+        app.fast = FastPath(svc, error_response)
     return app
 
 
@@ -154,40 +171,39 @@ def _validation(loc: list[str], msg: str, typ: str = "value_error") -> JSONRespo
     return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": typ}]}, status_code=422)
 
 
-def _handlers(app: FastAPI) -> None:
-    def svc_of(request: Request) -> Service:
-        s: Service = request.app.state.svc
-        return s
-
-    @app.exception_handler(views.NotFound)
-    async def not_found(request: Request, exc: views.NotFound) -> JSONResponse:
+def error_response(svc: Service, exc: Exception, principal: Any) -> JSONResponse | None:
+    """The answer to an exception a write or read may raise (None: not one of ours). Shared by the app's
+    exception handlers and the fast path, so both answer alike."""
+    if isinstance(exc, views.NotFound):
         return JSONResponse({"detail": str(exc.args[0] if exc.args else exc)}, status_code=404)
-
-    @app.exception_handler(FieldError)
-    async def field_error(request: Request, exc: FieldError) -> JSONResponse:
+    if isinstance(exc, FieldError):
         return _validation([exc.where, exc.field], exc.msg)
-
-    @app.exception_handler(IdempotencyMismatch)
-    async def idem_mismatch(request: Request, exc: IdempotencyMismatch) -> JSONResponse:
+    if isinstance(exc, IdempotencyMismatch):
         return _validation(["header", "Idempotency-Key"], str(exc), "idempotency_mismatch")
-
-    @app.exception_handler(ValidationError)
-    async def validation(request: Request, exc: ValidationError) -> JSONResponse:
+    if isinstance(exc, ValidationError):
         return _validation(["body"], str(exc))
-
-    @app.exception_handler(WorkerUnavailable)
-    async def unavailable(request: Request, exc: WorkerUnavailable) -> JSONResponse:
+    if isinstance(exc, WorkerUnavailable):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-
-    @app.exception_handler(EngineRejected)
-    async def rejected(request: Request, exc: EngineRejected) -> JSONResponse:
+    if isinstance(exc, EngineRejected):
         status = rejection_status(exc.reason)
         if status == 422:
             return _validation(["body"], exc.reason, "engine_rejected")
         if status == 404:
             return JSONResponse({"detail": exc.reason}, status_code=404)
-        events = visible_events(svc_of(request), exc.outcome, getattr(request.state, "principal", None))
+        events = visible_events(svc, exc.outcome, principal)
         return JSONResponse({"detail": exc.reason, "seq": exc.outcome.seq, "events": events}, status_code=409)
+    return None
+
+
+def _handlers(app: FastAPI) -> None:
+    async def ours(request: Request, exc: Exception) -> Response:
+        svc: Service = request.app.state.svc
+        response = error_response(svc, exc, getattr(request.state, "principal", None))
+        assert response is not None
+        return response
+
+    for kind in (views.NotFound, FieldError, IdempotencyMismatch, ValidationError, WorkerUnavailable, EngineRejected):
+        app.add_exception_handler(kind, ours)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -56,11 +56,15 @@ class Metrics:
             "fluidmargin_insurance_fund_balance", "insurance fund balance (quote units)", ["fund"], registry=r
         )
         self.durable_seq = Gauge("fluidmargin_durable_seq", "last durable log sequence number", registry=r)
+        self._apply_by_type: dict[str, Any] = {}  # labels() costs more than observe()
 
     # called in the worker thread -------------------------------------------------------------------
 
     def on_apply(self, event_type: str, seconds: float) -> None:
-        self.apply_latency.labels(event_type).observe(seconds)
+        child = self._apply_by_type.get(event_type)
+        if child is None:
+            child = self._apply_by_type[event_type] = self.apply_latency.labels(event_type)
+        child.observe(seconds)
 
     def on_commit(self, records: list[tuple[int, ev.Event]]) -> None:
         types: Tally[str] = Tally()

@@ -23,13 +23,16 @@ from fluidmargin.service.schemas import (
     WhatIfOut,
     WriteResult,
 )
+from fluidmargin.service.worker import Build
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 Svc = Annotated[Service, Depends(get_svc)]
 AccountPath = Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")]
-OPENERS = require("admin", "venue")
-VENUE_ON = require_account("admin", "venue")  # on the path's account
-OWNER_OF = require_account("admin", "venue", "account")  # on the path's account, in the key's scope
+OWNER_ROLES = ("admin", "venue", "account")
+VENUE_ROLES = ("admin", "venue")
+OPENERS = require(*VENUE_ROLES)
+VENUE_ON = require_account(*VENUE_ROLES)  # on the path's account
+OWNER_OF = require_account(*OWNER_ROLES)  # on the path's account, in the key's scope
 
 
 def _next_id(svc: Service, eng: Engine, wanted: int | None) -> int:
@@ -117,7 +120,7 @@ async def get_account(
     return {**view, "parent_id": svc.keys.parent_of(account_id), "sub_accounts": svc.keys.children_of(account_id)}
 
 
-def _transfer(kind: type[ev.Deposited] | type[ev.WithdrawalRequested], account_id: int, body: Transfer) -> Any:
+def _transfer(kind: type[ev.Deposited] | type[ev.WithdrawalRequested], account_id: int, body: Transfer) -> Build:
     def build(eng: Engine, ts: int) -> ev.Event:
         views.row_of(eng, account_id)
         asset = body.asset or eng.cfg.quote
@@ -130,14 +133,33 @@ def _transfer(kind: type[ev.Deposited] | type[ev.WithdrawalRequested], account_i
     return build
 
 
+# The hot writes: (input builder, idempotency fingerprint) from the path's account and the validated body.
+# The routes below and the fast path (service/fastpath.py) both use these.
+
+
+def deposit_input(account_id: int, body: Transfer) -> tuple[Build, Any]:
+    return _transfer(ev.Deposited, account_id, body), ("deposit", account_id, body.model_dump())
+
+
+def withdrawal_input(account_id: int, body: Transfer) -> tuple[Build, Any]:
+    return _transfer(ev.WithdrawalRequested, account_id, body), ("withdraw", account_id, body.model_dump())
+
+
+def fill_input(account_id: int, body: Fill) -> tuple[Build, Any]:
+    def build(eng: Engine, ts: int) -> ev.Event:
+        return views.fill_event(eng, account_id, body, ts)
+
+    return build, ("fill", account_id, body.model_dump())
+
+
 @router.post(
     "/{account_id}/deposits", response_model=WriteResult, responses=errors(403, 404, 409), summary="Deposit collateral"
 )
 async def deposit(
     account_id: AccountPath, body: Transfer, svc: Svc, p: Annotated[Principal, OWNER_OF], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    build = _transfer(ev.Deposited, account_id, body)
-    return await write(svc, p, build, idem, ("deposit", account_id, body.model_dump()))
+    build, fingerprint = deposit_input(account_id, body)
+    return await write(svc, p, build, idem, fingerprint)
 
 
 @router.post(
@@ -149,8 +171,8 @@ async def deposit(
 async def withdraw(
     account_id: AccountPath, body: Transfer, svc: Svc, p: Annotated[Principal, OWNER_OF], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    build = _transfer(ev.WithdrawalRequested, account_id, body)
-    return await write(svc, p, build, idem, ("withdraw", account_id, body.model_dump()))
+    build, fingerprint = withdrawal_input(account_id, body)
+    return await write(svc, p, build, idem, fingerprint)
 
 
 @router.post(
@@ -166,10 +188,8 @@ async def fill(
     p: Annotated[Principal, VENUE_ON],
     idem: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    def build(eng: Engine, ts: int) -> ev.Event:
-        return views.fill_event(eng, account_id, body, ts)
-
-    return await write(svc, p, build, idem, ("fill", account_id, body.model_dump()))
+    build, fingerprint = fill_input(account_id, body)
+    return await write(svc, p, build, idem, fingerprint)
 
 
 @router.post(
