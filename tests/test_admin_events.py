@@ -98,3 +98,40 @@ def test_a_parameter_change_is_an_event_and_takes_effect_at_once() -> None:
             twin.apply(e)
     assert twin.state_hash() == d.eng.state_hash()
     assert Engine.from_state(d.eng.state_dict()).state_hash() == d.eng.state_hash()
+
+
+def test_a_maintenance_rate_change_remargins_every_position_at_once() -> None:
+    """The dynamic-margin path: a bracket's rate (and the initial floor) changed by a logged event."""
+    d = desk()
+    # Alice long 0.2 BTC at 50,000 with 2,000 USD; at 45,000: equity 2,000 - 0.2 x 5,000 = 1,000,
+    # mm 0.4 % x 9,000 = 36: healthy
+    d.pair(ALICE, BOB, "BTC-PERP", base("0.2"), px(50_000), leverage=10)
+    d.price("BTC", "45000")
+    assert d.status(ALICE) == HEALTHY
+    # the first bracket's rate to 10 %: mm 10 % x 9,000 = 900 <= 1,000, but within the 20 % at-risk buffer
+    out = d.apply(ev.ParameterChangeRequested(d.tick(), "BTC-PERP", "margin.brackets.0.mmr_ppm", 100_000))
+    assert [(o.name, o.old, o.new) for o in of_type(out, ev.ParameterChanged)] == [
+        ("margin.brackets.0.mmr_ppm", 4_000, 100_000)
+    ]
+    assert d.eng.market_idx["BTC-PERP"].spec.margin.brackets[0].mmr_ppm == 100_000
+    assert d.status(ALICE) == AT_RISK
+    # 12 %: mm 1,080 > equity 1,000: liquidated at once, on the change itself (no price moved)
+    out = d.apply(ev.ParameterChangeRequested(d.tick(), "BTC-PERP", "margin.brackets.0.mmr_ppm", 120_000))
+    assert [o.account_id for o in of_type(out, ev.PositionLiquidated)] == [ALICE]
+    # the initial floor: 50 % means at most 2x on a new position
+    d.apply(ev.ParameterChangeRequested(d.tick(), "BTC-PERP", "margin.imr_floor_ppm", 500_000))
+    d.open(3, 2_000)
+    out = d.fill(3, "BTC-PERP", base("0.1"), px(45_000), leverage=10)  # 4,500 notional needs 2,250 > 2,000
+    assert len(rejected(out)) == 1
+    out = d.fill(3, "BTC-PERP", base("0.08"), px(45_000), leverage=10)  # 3,600 needs 1,800: accepted
+    assert not rejected(out)
+    # bad values are refused by the model's own checks, and nothing changes
+    for name, value in (("margin.brackets.0.mmr_ppm", 0), ("margin.brackets.99.mmr_ppm", 1), ("margin.x.0.y", 1)):
+        assert rejected(d.apply(ev.ParameterChangeRequested(d.tick(), "BTC-PERP", name, value)))
+        assert d.eng.market_idx["BTC-PERP"].spec.margin.brackets[0].mmr_ppm == 120_000
+    twin = Engine(d.cfg)
+    for _s, e in d.records:
+        if e.is_input:
+            twin.apply(e)
+    assert twin.state_hash() == d.eng.state_hash()
+    assert Engine.from_state(d.eng.state_dict()).state_hash() == d.eng.state_hash()

@@ -15,6 +15,7 @@ def _root() -> None:
 def _register() -> None:
     from fluidmargin.cli import (  # noqa: F401  (each registers its commands)
         demo,
+        evaluate,
         portfolio,
         quote,
         replay,

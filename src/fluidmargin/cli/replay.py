@@ -20,8 +20,8 @@ from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.sim import report
 from fluidmargin.sim.candles import Candles, Funding, asset_from_path, load_candles, load_funding
-from fluidmargin.sim.scenarios import LIQUIDATIONS, PATHS, PopulationSpec, Scenario, replay_policies
-from fluidmargin.sim.venues import perp_venue
+from fluidmargin.sim.evaluate import replay_venue as venue_of_replay
+from fluidmargin.sim.scenarios import LIQUIDATIONS, PATHS, PopulationSpec, Scenario
 
 PRESETS = ("binance", "hyperliquid", "dydx", "drift")
 err = Console(stderr=True)
@@ -140,20 +140,11 @@ def replay_venue(
     funding_source: str = "computed",
     max_jump_ppm: int = 250_000,
 ) -> EngineConfig:
-    """The replay's venue: ``perp_venue`` on the replayed assets, liquidating per ``liquidation``
-    (``close_at_mark``, ``partial``, or ``waterfall``: partial, batched, impact, ADL; see
-    :func:`~fluidmargin.sim.scenarios.replay_policies`). The config is what a ``--log`` header stores."""
+    """The replay's venue (:func:`fluidmargin.sim.evaluate.replay_venue`); a bad ``liquidation`` is a
+    bad option."""
     if liquidation not in LIQUIDATIONS:
         raise typer.BadParameter(f"--liquidation must be one of {', '.join(LIQUIDATIONS)}")
-    return perp_venue(
-        tuple(candles),
-        preset=preset,
-        insurance_fund_usd=insurance_usd,
-        funding_source=funding_source,
-        max_jump_ppm=max_jump_ppm,
-        liquidation="close_at_mark" if liquidation == "close_at_mark" else "partial",
-        policies=replay_policies(candles) if liquidation == "waterfall" else None,
-    )
+    return venue_of_replay(candles, liquidation, preset, insurance_usd, funding_source, max_jump_ppm)
 
 
 def _join(d: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -78,6 +79,11 @@ class _Market:
         self.long_oi_base_q = 0
         self.col = np.zeros(0, dtype=np.int64)
         self.pending: list[int] = []
+        self.set_spec(spec)
+
+    def set_spec(self, spec: PerpetualMarket) -> None:
+        """Take ``spec`` and derive the screen's constants from it (at start, and after a parameter change)."""
+        self.spec = spec
         mdl = spec.margin
         self.floors = np.array([b.floor_quote_q for b in mdl.brackets], dtype=np.float64)
         self.rates = np.array([b.mmr_ppm / PPM for b in mdl.brackets], dtype=np.float64)
@@ -1100,7 +1106,15 @@ class Engine:
         "liquidation.impact.daily_volume_base_q",
         "liquidation.impact.sigma_ppm",
         "liquidation.impact.coefficient_ppm",
+        "margin.imr_floor_ppm",
+        "margin.brackets.<i>.mmr_ppm",  # <i>: a bracket's index (dynamic margin moves the rates)
+        "margin.brackets.<i>.cum_quote_q",
     )
+
+    @classmethod
+    def is_market_parameter(cls, name: str) -> bool:
+        """Whether ``name`` is a market parameter one may change (a bracket's fields by index: ``.0.``)."""
+        return re.sub(r"\.[0-9]{1,3}\.", ".<i>.", name) in cls.MARKET_PARAMETERS
 
     def _on_ParameterChangeRequested(self, e: ev.ParameterChangeRequested, out: list[ev.Event]) -> str:
         """Change one parameter: validated by the config's own checks, then everything re-margined."""
@@ -1111,7 +1125,7 @@ class Engine:
                 m = self.market_idx.get(e.market)
                 if m is None:
                     return f"unknown market {e.market!r}"
-                if e.name not in self.MARKET_PARAMETERS:
+                if not self.is_market_parameter(e.name):
                     return f"{e.name!r} is not a market parameter one may change ({', '.join(self.MARKET_PARAMETERS)})"
                 old, spec = _replace_path(m.spec, e.name.split("."), e.value)
                 markets = tuple(spec if x.symbol == e.market else x for x in self.cfg.markets)
@@ -1137,7 +1151,8 @@ class Engine:
     def _reconfigure(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         for m, spec in zip(self.markets, cfg.markets, strict=True):
-            m.spec = spec
+            if spec is not m.spec:
+                m.set_spec(spec)
         self.liquidator = self._make_liquidator(cfg)
 
     @staticmethod
@@ -1929,6 +1944,12 @@ def _replace_path(obj: Any, path: list[str], value: int) -> tuple[int, Any]:
     """``obj`` with the nested field ``path`` set to ``value`` (frozen dataclasses all the way down);
     returns (old value, new object). Booleans are given as 0/1."""
     head = path[0]
+    if isinstance(obj, tuple):  # an element of a tuple field (a bracket), by index
+        i = int(head)
+        if not 0 <= i < len(obj):
+            raise ValidationError(f"no element {i} (there are {len(obj)})")
+        old, new_item = _replace_path(obj[i], path[1:], value)
+        return old, (*obj[:i], new_item, *obj[i + 1 :])
     cur = getattr(obj, head)
     if len(path) > 1:
         old, new_child = _replace_path(cur, path[1:], value)

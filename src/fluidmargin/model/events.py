@@ -237,6 +237,7 @@ class ParameterChangeRequested(Event):
     name: str
     value: int
     event_id: str = ""
+    inputs: str = ""  # why, for the audit trail (a dynamic model's figures: "sigma=0.012;z=3.1;..."); not state
     is_input: ClassVar[bool] = True
 
 

@@ -215,7 +215,7 @@ def load_candles(path: str | Path) -> Candles:
     p = Path(path)
     text, where = _read_text(p)
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    if stripped.startswith(("[", "{")):  # JSON (an object is reported as not the expected list)
         return _parse_json(text, where, str(p))
     first = next(_lines(text), None)
     if first is None:
