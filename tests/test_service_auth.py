@@ -176,6 +176,20 @@ CASES: list[tuple[str, Req, dict[str, int]]] = [
         expect({"admin": NOPE, "own": NOPE}),
     ),  # authorised; no such auction
     ("vault", lambda w: ("GET", "/v1/vault", None), expect(ANY_KEY)),
+    ("options", lambda w: ("GET", "/v1/options", None), expect(ANY_KEY)),
+    ("option", lambda w: ("GET", "/v1/options/BTC-C-1", None), expect(dict.fromkeys(KEYED, NOPE))),
+    ("vol surface", lambda w: ("GET", "/v1/vol-surfaces/BTC", None), expect(ANY_KEY)),
+    (
+        "publish vol",
+        lambda w: ("POST", "/v1/vols", {"underlying": "BTC", "expiry_ns": 1, "strike": "1", "vol": "0.5"}),
+        expect({"admin": 409, "publisher": 409}),
+    ),  # authorised, then refused by the engine (expired): no vol left behind
+    ("portfolio", lambda w: ("GET", f"/v1/accounts/{w.a}/portfolio", None), expect(OWNERS)),
+    (
+        "margin mode",
+        lambda w: ("PUT", f"/v1/accounts/{w.a}/margin-mode", {"mode": "standard"}),
+        expect(dict.fromkeys(OWNERS, 409)),
+    ),  # authorised, then refused (already standard): the other cases keep a standard account
     ("vault deposit", lambda w: ("POST", "/v1/vault/deposits", {"account_id": w.a, "amount": "1"}), expect(LPS)),
     (
         "vault withdrawal",

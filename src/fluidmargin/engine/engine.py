@@ -33,6 +33,7 @@ from fluidmargin.core.units import (
     div_round,
 )
 from fluidmargin.engine import liquidation as liq
+from fluidmargin.engine import options as opt
 from fluidmargin.engine import waterfall as wfl
 from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATING, STATUS_NAMES, transition
 from fluidmargin.model import events as ev
@@ -184,6 +185,7 @@ class Engine:
         # accounts
         self.n_acc = 0
         self.row_of: dict[int, int] = {}
+        self.opt = opt.OptionBook(self)  # option series, positions, mark vols, portfolio-margin accounts
         self._alloc_accounts(capacity)
         self.n_pos = 0
         self._alloc_positions(capacity)
@@ -203,6 +205,7 @@ class Engine:
         self.acct_id = np.zeros(cap, dtype=np.int64)
         self.bal = np.zeros((cap, nc), dtype=np.int64)
         self.status = np.zeros(cap, dtype=np.int8)
+        self.acct_mode = np.zeros(cap, dtype=np.int8)  # opt.STANDARD, ISOLATED or PORTFOLIO
         self.first_pos = np.full(cap, -1, dtype=np.int64)
         # float shadow, one cache line per account: health, maintenance, error bound, status mirror,
         # budgets its positions hold (see risk.kernels), cross positions, 2 spare
@@ -217,7 +220,7 @@ class Engine:
 
     def _grow_accounts(self) -> None:
         cap = len(self.acct_id) * 2
-        for name in ("acct_id", "bal", "status", "first_pos", "acct_f", "coll_f"):
+        for name in ("acct_id", "bal", "status", "acct_mode", "first_pos", "acct_f", "coll_f"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
             if name == "first_pos":
@@ -303,6 +306,12 @@ class Engine:
             out.append(ev.InputRejected(self.now_ns, name, reason, eid))
         else:
             self.now_ns = ts
+            if self.opt.series:
+                settled = self.opt.settle_due(out)  # time passed an expiry: settle before the input itself
+                if settled:
+                    for r in settled:
+                        self._resync(r)
+                    self._evaluate([Bucket(r) for r in settled], out)
             handler = getattr(self, "_on_" + name)
             reason = handler(event, out)
             if reason:
@@ -405,7 +414,7 @@ class Engine:
             return f"insufficient {e.asset} balance"
         if self.status[r] not in (HEALTHY,):
             return f"account is {STATUS_NAMES[int(self.status[r])]}"
-        blocked = self._oracle_blocked(self._cross_assets(r), orc.Action.OPEN)
+        blocked = self._oracle_blocked(self._cross_assets(r), orc.Action.OPEN) or self._valuation_blocked(r)
         if blocked:
             return blocked
         self.bal[r, c] -= e.amount_q
@@ -525,7 +534,20 @@ class Engine:
             m.spec.margin, notional, int(self.pos_lev[p]), abs(size), m.spec.size_decimals, oi
         )
 
+    def _valuation_blocked(self, r: int) -> str:
+        """Why portfolio account ``r`` cannot be valued now (empty if it can, or is not a portfolio)."""
+        if self.acct_mode[r] != opt.PORTFOLIO:
+            return ""
+        why = self.opt.figures(r).blocked
+        return f"valuation blocked: {why}" if why else ""
+
+    def _has_cross_perps(self, r: int) -> bool:
+        return any(self.pos_size[p] and not self.pos_iso[p] for p in self.positions_of(r))
+
     def cross_risk(self, r: int) -> BucketRisk:
+        if self.acct_mode[r] == opt.PORTFOLIO:
+            f = self.opt.figures(r)
+            return BucketRisk(f.equity_quote_q, f.mm_quote_q)
         eq = sum(self.collateral_value_quote_q(c, int(self.bal[r, c])) for c in range(len(self.coll)))
         mm = 0
         for p in self.positions_of(r):
@@ -537,6 +559,8 @@ class Engine:
         return BucketRisk(eq, mm)
 
     def cross_initial(self, r: int) -> int:
+        if self.acct_mode[r] == opt.PORTFOLIO:
+            return self.opt.figures(r).im_quote_q
         return sum(self.position_initial(p) for p in self.positions_of(r) if not self.pos_iso[p])
 
     def iso_risk(self, p: int) -> BucketRisk:
@@ -554,6 +578,7 @@ class Engine:
                     out.add(spec.price_asset)
                 if spec.yield_spec:
                     out.add(spec.yield_spec.base_asset)
+        out |= self.opt.assets_of(r)
         return sorted(out)
 
     def _on_TradeFilled(self, e: ev.TradeFilled, out: list[ev.Event]) -> str:
@@ -564,7 +589,14 @@ class Engine:
             return "the backstop vault trades only by taking over liquidations"
         m = self.market_idx.get(e.market)
         if m is None:
-            return f"unknown market {e.market!r}"
+            s = self.opt.idx.get(e.market)
+            if s is None:
+                return f"unknown market {e.market!r}"
+            reason = self.opt.fill(r, s, e, out)
+            if not reason:
+                self._resync(r)
+                self._evaluate(self._buckets_of(r), out)
+            return reason
         for name in ("size_delta_base_q", "price_q", "fee_quote_q", "isolated_margin_quote_q", "leverage"):
             v = getattr(e, name)
             if isinstance(v, bool) or not isinstance(v, int) or abs(v) > MAX_QUANTUMS // 4:
@@ -583,6 +615,9 @@ class Engine:
             return f"market {e.market} has no valid mark price yet"
         if self.status[r] in (LIQUIDATING, BANKRUPT):
             return f"account is {STATUS_NAMES[int(self.status[r])]}"
+        mode_why = self._mode_refuses(r, e.margin_mode)
+        if mode_why:
+            return mode_why
         iso = e.margin_mode == "isolated"
         p = self._find_pos(r, m.i)
         old_size = int(self.pos_size[p]) if p >= 0 else 0
@@ -597,7 +632,9 @@ class Engine:
         if increases:
             if m.spec.symbol in self.halted:
                 return f"market {m.spec.symbol} is halted ({self.halted[m.spec.symbol]}): no new risk"
-            blocked = self._oracle_blocked([m.spec.base_asset], orc.Action.OPEN)
+            blocked = self._oracle_blocked([m.spec.base_asset], orc.Action.OPEN) or (
+                "" if iso else self._valuation_blocked(r)
+            )
             if blocked:
                 return blocked
         if e.isolated_margin_quote_q and not iso:
@@ -889,6 +926,7 @@ class Engine:
             "socialized": self.socialized_q,
             "orders": len(self.wf.orders),
             "liq_used": self.wf.liq_used.get(r),
+            "opt": self.opt.save_row(r),
         }
 
     def _restore_account(self, r: int, s: dict[str, Any]) -> None:
@@ -913,6 +951,7 @@ class Engine:
             self.wf.liq_used.pop(r, None)
         else:
             self.wf.liq_used[r] = s["liq_used"]
+        self.opt.restore_row(r, s["opt"])
 
     def _trade(self, p: int, delta: int, price_q: int, fee_q: int, release_iso: bool = True) -> int:
         """Apply a fill to position ``p`` at ``price_q``; returns realised PnL (quote quantums).
@@ -1190,6 +1229,9 @@ class Engine:
             touched.extend(self._remargin(m))
         for c in self.coll_of_asset[asset]:
             touched.extend(self._remargin_collateral(c))
+        # portfolio accounts: a full revaluation on every tick of an asset they hold (the float screen
+        # above knows only tiered maintenance); the seam for risk.pm_batch's delta-gamma screen
+        touched.extend(Bucket(r) for r in self.opt.rows_exposed(asset))
         self._evaluate(touched, out)
         if self.wf.auctions:
             self.wf.poll({m.i for m in self.markets_of_asset[asset]}, out)
@@ -1232,9 +1274,68 @@ class Engine:
         touched.extend(Bucket(r) for r in np.flatnonzero(self.status[:n] == LIQUIDATING).tolist())
         iso = np.flatnonzero((self.pos_status[:k] == LIQUIDATING) & (self.pos_size[:k] != 0) & (self.pos_iso[:k] == 1))
         touched.extend(Bucket(int(self.pos_acct[p]), p) for p in iso.tolist())
+        touched.extend(Bucket(r) for r in self.opt.rows_exposed(None))  # theta: options lose time value
         self._evaluate(touched, out)
         self.wf.poll(None, out)
         self._evaluate([], out)
+        return ""
+
+    # --- options and margin modes ---------------------------------------------------------------------
+
+    def _on_VolObserved(self, e: ev.VolObserved, out: list[ev.Event]) -> str:
+        return self.opt.on_vol(e, out)
+
+    def _mode_refuses(self, r: int, fill_mode: str) -> str:
+        """Why the account's margin mode refuses a perp fill in ``fill_mode`` (cross or isolated)."""
+        mode = int(self.acct_mode[r])
+        if mode == opt.PORTFOLIO and fill_mode == "isolated":
+            return "isolated positions are not allowed in portfolio margin mode"
+        if mode == opt.ISOLATED and fill_mode != "isolated":
+            return "account is in isolated margin mode: cross fills are refused"
+        return ""
+
+    def _on_MarginModeChanged(self, e: ev.MarginModeChanged, out: list[ev.Event]) -> str:
+        """Switch an account's margin mode; refused if it would leave equity below initial margin.
+
+        Rules: options need portfolio mode; portfolio mode holds no isolated positions; isolated mode
+        holds no cross positions. A blocked portfolio valuation refuses any switch.
+        """
+        r = self.row_of.get(e.account_id)
+        if r is None:
+            return f"unknown account {e.account_id}"
+        if self.is_vault(e.account_id):
+            return "the backstop vault keeps standard margin"
+        if e.mode not in opt.MODE_NAMES:
+            return f"mode must be one of {', '.join(opt.MODE_NAMES)}, not {e.mode!r}"
+        new = opt.MODE_NAMES.index(e.mode)
+        old = int(self.acct_mode[r])
+        if new == old:
+            return f"account is already in {e.mode} margin mode"
+        if self.status[r] in (LIQUIDATING, BANKRUPT):
+            return f"account is {STATUS_NAMES[int(self.status[r])]}"
+        has_iso = any(self.pos_size[p] and self.pos_iso[p] for p in self.positions_of(r))
+        if new != opt.PORTFOLIO and self.opt.has_positions(r):
+            return "option positions require portfolio margin mode: close them first"
+        if new == opt.PORTFOLIO and has_iso:
+            return "close isolated positions first: portfolio mode margins every position together"
+        if new == opt.ISOLATED and self._has_cross_perps(r):
+            return "close cross positions first: isolated mode holds isolated positions only"
+        blocked = self._valuation_blocked(r) or self._oracle_blocked(self._cross_assets(r), orc.Action.OPEN)
+        if blocked:
+            return blocked
+        self.acct_mode[r] = new
+        why = self._valuation_blocked(r)
+        risk, im = self.cross_risk(r), self.cross_initial(r)
+        if why or risk.equity_quote_q < im:
+            self.acct_mode[r] = old
+            return why or f"equity {risk.equity_quote_q} would be below initial margin {im} in {e.mode} mode"
+        if new == opt.PORTFOLIO:
+            self.opt.pm_rows.add(r)
+        else:
+            self.opt.pm_rows.discard(r)
+            self.opt.blocked.pop(r, None)
+        self._resync(r)
+        self._evaluate(self._buckets_of(r), out)
         return ""
 
     # --- the waterfall's commands ------------------------------------------------------------------
@@ -1495,6 +1596,8 @@ class Engine:
         for b in cands:
             if b.pos >= 0 and self.pos_size[b.pos] == 0:
                 continue
+            if b.pos < 0 and self.acct_mode[b.row] == opt.PORTFOLIO and self.opt.update_blocked(b.row, out):
+                continue  # cannot be valued: no decision on it until it can (see engine.options)
             risk = known.get(b) or self.bucket_risk(b)
             h = risk.health_quote_q
             st = self._status_of(b)
@@ -1527,7 +1630,10 @@ class Engine:
                 self._resync(b.row)
                 continue
             self._set_status(b, transition(self._status_of(b), "breach"), now.health_quote_q, out)
-            self.liquidator.liquidate(self, b, out)
+            if b.pos < 0 and self.acct_mode[b.row] == opt.PORTFOLIO:
+                self.opt.liquidate(b, out)  # full revaluation, largest contributor first, then delta hedge
+            else:
+                self.liquidator.liquidate(self, b, out)
             r = b.row
             self._resync(r)
             risk = self.bucket_risk(b)
@@ -1582,7 +1688,7 @@ class Engine:
         p = self.first_pos[rows]
         others = [c for c in range(len(self.coll)) if c != self.quote_c]
         q = np.maximum(p, 0)
-        simple = (p >= 0) & (self.pos_next[q] == -1) & (self.pos_iso[q] == 0)
+        simple = (p >= 0) & (self.pos_next[q] == -1) & (self.pos_iso[q] == 0) & (self.acct_mode[rows] != opt.PORTFOLIO)
         if others and len(rows):
             simple &= ~self.bal[rows][:, others].any(axis=1)
         iso_p = ca[ca[:, 1] >= 0, 1]
@@ -1776,7 +1882,7 @@ class Engine:
     def _has_positions(self, b: Bucket) -> bool:
         if b.pos >= 0:
             return bool(self.pos_size[b.pos])
-        return any(self.pos_size[p] and not self.pos_iso[p] for p in self.positions_of(b.row))
+        return self._has_cross_perps(b.row) or self.opt.has_positions(b.row)
 
     def _bucket_assets(self, b: Bucket) -> list[str]:
         if b.pos >= 0:
@@ -1817,8 +1923,10 @@ class Engine:
                 "acct_id": self.acct_id[:n].copy(),
                 "bal": self.bal[:n].copy(),
                 "status": self.status[:n].copy(),
+                "mode": self.acct_mode[:n].copy(),
                 "first_pos": self.first_pos[:n].copy(),
             },
+            "options": self.opt.state(),
             "positions": {f: getattr(self, f)[:k].copy() for f in self._EXACT_POS},
             "markets": [
                 {
@@ -1872,6 +1980,10 @@ class Engine:
         for name in ("acct_id", "bal", "status", "first_pos"):
             getattr(eng, name)[:n] = a[name]
         eng.row_of = {int(x): i for i, x in enumerate(a["acct_id"].tolist())}
+        if "mode" in a:
+            eng.acct_mode[:n] = a["mode"]
+        eng.opt.pm_rows = {int(r) for r in np.flatnonzero(eng.acct_mode[:n] == opt.PORTFOLIO).tolist()}
+        eng.opt.load(state.get("options"))
         k = len(state["positions"]["pos_acct"])
         eng.n_pos = k
         for f in cls._EXACT_POS:

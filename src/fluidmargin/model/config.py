@@ -15,10 +15,13 @@ from fluidmargin.model.instruments import (
     FundingParams,
     ImpactSpec,
     LiquidationPolicy,
+    OptionSpec,
     OraclePolicy,
     PerpetualMarket,
     YieldSpec,
 )
+
+PM_PRESETS = ("derive_pm2",)  # names of risk.portfolio parameter presets (the engine maps them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class EngineConfig:
     mass_close_min: int = 256  # breaches of one market in one tick from which the exact kernel closes them
     breaker_band_ppm: int = 0  # circuit breaker: halt new risk when the index range within the window
     breaker_window_ns: int = 300 * 10**9  # exceeds this band (0: off); divergent sources always halt
+    options: tuple[OptionSpec, ...] = ()  # listed option series (portfolio-margin accounts only)
+    portfolio_margin: str = "derive_pm2"  # the portfolio-margin parameter preset (risk.portfolio)
 
     def __post_init__(self) -> None:
         syms = [c.symbol for c in self.collateral]
@@ -87,6 +92,15 @@ class EngineConfig:
             raise ValidationError("liquidation_target_ppm must be in [0, 1e7]")
         if not 0 <= self.at_risk_buffer_ppm <= self.at_risk_exit_ppm:
             raise ValidationError("need 0 <= at_risk_buffer_ppm <= at_risk_exit_ppm")
+        osyms = [o.symbol for o in self.options]
+        if len(set(osyms)) != len(osyms) or set(osyms) & set(msyms):
+            raise ValidationError("option symbols must be unique and distinct from market symbols")
+        perp_assets = {m.base_asset for m in self.markets}
+        for o in self.options:
+            if o.underlying not in perp_assets:
+                raise ValidationError(f"option {o.symbol}: underlying {o.underlying} has no perpetual market")
+        if self.portfolio_margin not in PM_PRESETS:
+            raise ValidationError(f"portfolio_margin must be one of {sorted(PM_PRESETS)}")
         for m in self.markets:
             if m.liquidation.backstop and self.backstop is None:
                 raise ValidationError(f"market {m.symbol}: backstop liquidation needs a backstop vault configured")
@@ -152,6 +166,8 @@ class EngineConfig:
                 mass_close_min=d.get("mass_close_min", 256),
                 breaker_band_ppm=d.get("breaker_band_ppm", 0),
                 breaker_window_ns=d.get("breaker_window_ns", 300 * 10**9),
+                options=tuple(OptionSpec(**o) for o in d.get("options", ())),
+                portfolio_margin=d.get("portfolio_margin", "derive_pm2"),
             )
         except (KeyError, TypeError) as e:
             raise ValidationError(f"malformed engine config: {e}") from None

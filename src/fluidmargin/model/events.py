@@ -241,6 +241,34 @@ class ParameterChangeRequested(Event):
     is_input: ClassVar[bool] = True
 
 
+@dataclass(frozen=True, slots=True)
+class VolObserved(Event):
+    """A mark implied vol for one listed option series (``underlying``, expiry, strike), from one source.
+
+    ``vol`` is annualised decimal text as published ("0.65" = 65 %; may be 'NaN': refused with a reason).
+    """
+
+    source: str
+    underlying: str
+    expiry_ns: int
+    strike_price_q: int
+    vol: str
+    confidence_ppm: int = 1_000_000
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class MarginModeChanged(Event):
+    """An account chooses its margin mode: ``standard`` (tiered cross, isolated allowed), ``isolated``
+    (isolated positions only) or ``portfolio`` (scenario-based over perps and options)."""
+
+    account_id: int
+    mode: str
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
 # --- outputs ---------------------------------------------------------------------------------------
 
 
@@ -478,6 +506,42 @@ class BadDebtSocialized(Event):
     fund: str = "main"  # the fund that ran dry
 
 
+@dataclass(frozen=True, slots=True)
+class OptionsSettled(Event):
+    """A series expired: every position settled at the underlying's index (``price_q``), as columns.
+
+    ``amounts_quote_q[i]`` is what account ``account_ids[i]`` received (+) or paid (-) for its
+    ``sizes_base_q[i]`` contracts: a holder receives floor(intrinsic), a writer pays ceil.
+    """
+
+    market: str
+    price_q: int  # the settlement (index) price
+    payoff_price_q: int  # intrinsic value per contract
+    account_ids: list[int]
+    sizes_base_q: list[int]
+    amounts_quote_q: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ValuationChanged(Event):
+    """A portfolio account's valuation became blocked (``reason``: why it cannot be valued) or valid again
+    (empty ``reason``). A blocked account opens no risk, withdraws nothing and is not liquidated."""
+
+    account_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioHedged(Event):
+    """A portfolio liquidation hedged the account's remaining delta with the perpetual at the mark."""
+
+    account_id: int
+    market: str
+    size_base_q: int  # signed change to the account's perp position
+    price_q: int
+    delta_before: str  # the portfolio's delta in the underlying before the hedge (decimal text)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -498,6 +562,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MarketHaltRequested,
         MarketResumeRequested,
         ParameterChangeRequested,
+        VolObserved,
+        MarginModeChanged,
         InputRejected,
         OraclePriceRejected,
         IndexPriceUpdated,
@@ -520,6 +586,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BackstopTakeover,
         AutoDeleveraged,
         VaultSharesChanged,
+        OptionsSettled,
+        ValuationChanged,
+        PortfolioHedged,
     )
 }
 

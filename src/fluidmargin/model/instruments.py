@@ -245,5 +245,48 @@ class PerpetualMarket:
             raise ValidationError(f"market {self.symbol}: liquidation_fee_ppm must be in [0, 1e6)")
 
 
-Instrument = PerpetualMarket  # options join this union in a later issue
-INSTRUMENT_KINDS: dict[str, type] = {"perpetual": PerpetualMarket}
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """A listed European option series on ``underlying``, cash-settled in the quote asset at expiry.
+
+    ``strike_price_q`` in price quantums (1e-8 quote per whole unit of the underlying); a position is
+    ``size_base_q`` contracts at ``10**-size_decimals`` (one contract = one unit of the underlying). The
+    premium ``price_q`` of a fill is per whole contract, also in price quantums. Settlement pays the
+    intrinsic value at the underlying's index at ``expiry_ns``. ``liquidation_fee_ppm`` is the penalty on
+    the premium value of a liquidated option position.
+    """
+
+    symbol: str
+    underlying: str
+    strike_price_q: int
+    expiry_ns: int
+    right: Literal["call", "put"]
+    size_decimals: int = 4
+    liquidation_fee_ppm: int = 5_000
+    kind: Literal["option"] = "option"
+
+    def __post_init__(self) -> None:
+        if not self.symbol or not self.underlying:
+            raise ValidationError("option: symbol and underlying must be non-empty")
+        for name in ("strike_price_q", "expiry_ns", "size_decimals", "liquidation_fee_ppm"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValidationError(f"option {self.symbol}: {name} must be an integer")
+        if not 0 < self.strike_price_q < MAX_QUANTUMS:
+            raise ValidationError(f"option {self.symbol}: strike must be positive, got {self.strike_price_q}")
+        if not 0 < self.expiry_ns < MAX_QUANTUMS:
+            raise ValidationError(f"option {self.symbol}: expiry_ns must be positive")
+        if self.right not in ("call", "put"):
+            raise ValidationError(f"option {self.symbol}: right must be call or put, not {self.right!r}")
+        if not 0 <= self.size_decimals <= 12:
+            raise ValidationError(f"option {self.symbol}: size_decimals must be in [0, 12]")
+        if not 0 <= self.liquidation_fee_ppm < PPM:
+            raise ValidationError(f"option {self.symbol}: liquidation_fee_ppm must be in [0, 1e6)")
+
+    @property
+    def is_call(self) -> bool:
+        return self.right == "call"
+
+
+Instrument = PerpetualMarket | OptionSpec
+INSTRUMENT_KINDS: dict[str, type] = {"perpetual": PerpetualMarket, "option": OptionSpec}

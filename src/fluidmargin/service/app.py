@@ -26,6 +26,7 @@ from fluidmargin.service import (
     routes_admin,
     routes_dashboard,
     routes_market,
+    routes_options,
     routes_waterfall,
     storage,
     streams,
@@ -119,7 +120,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.svc = svc
     app.state.hub = hub
     _handlers(app)
-    for r in (routes_accounts, routes_market, routes_waterfall, routes_admin):
+    for r in (routes_accounts, routes_market, routes_options, routes_waterfall, routes_admin):
         app.include_router(r.router)
     app.include_router(streams.router)
     routes_dashboard.mount(app)

@@ -83,6 +83,7 @@ class Scales:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         self.size = {m.symbol: m.size_decimals for m in cfg.markets}
+        self.size.update({o.symbol: o.size_decimals for o in cfg.options})
         self.coll = {c.symbol: c.decimals for c in cfg.collateral}
 
     def size_decimals(self, market: str) -> int:

@@ -183,6 +183,8 @@ class VaultStake(BaseModel):
 
 
 class AccountView(AccountRisk):
+    margin_mode: Literal["standard", "isolated", "portfolio"]
+    valuation_blocked: str | None = Field(description="portfolio accounts: why it cannot be valued now (null: it can)")
     account_id: int
     parent_id: int | None
     sub_accounts: list[int]
@@ -357,3 +359,101 @@ class Healthz(BaseModel):
     now_ns: int
     accounts: int
     queued: int
+
+
+# --- options and portfolio margin ---------------------------------------------------------------------------
+
+
+class OptionMarketView(BaseModel):
+    symbol: str
+    underlying: str
+    right: Literal["call", "put"]
+    strike: DecOut
+    expiry_ns: int
+    size_decimals: int
+    index_price: DecOut | None
+    mark_vol: DecOut | None = Field(description="the published mark vol (annualised, 0.65 = 65 %), null if none")
+    mark_vol_ts_ns: int | None
+    mark_price: DecOut | None = Field(description="Black-76 value per contract at the index and mark vol")
+    delta: DecOut | None
+    gamma: DecOut | None
+    vega: DecOut | None = Field(description="per 1.00 of vol")
+    theta: DecOut | None = Field(description="per day, time passing")
+    open_interest: DecOut
+    settled: bool
+    settlement_price: DecOut | None
+
+
+class VolPoint(BaseModel):
+    expiry_ns: int
+    strike: DecOut
+    vol: DecOut
+    ts_ns: int
+    source: str
+    stale: bool
+
+
+class VolSurfaceView(BaseModel):
+    underlying: str
+    now_ns: int
+    points: list[VolPoint]
+
+
+class VolIn(Strict):
+    underlying: Name
+    expiry_ns: Annotated[int, Field(ge=0, le=2**62)]
+    strike: Dec
+    vol: Dec = Field(description="annualised implied vol, e.g. '0.65'")
+    confidence: Dec = "1"
+
+
+class MarginModeIn(Strict):
+    mode: Literal["standard", "isolated", "portfolio"]
+
+
+class Greeks(BaseModel):
+    delta: DecOut
+    gamma: DecOut
+    vega: DecOut
+    theta: DecOut = Field(description="per day, time passing")
+
+
+class PortfolioPosition(Greeks):
+    market: str
+    kind: Literal["perpetual", "option"]
+    size: DecOut
+    value: DecOut | None = Field(description="options: mark value, rounded down (perps: null)")
+
+
+class ScenarioRow(BaseModel):
+    index: int
+    kind: str
+    spot_shock: DecOut
+    vol_shock: str
+    dampening: DecOut
+    pnl: DecOut
+
+
+class UnderlyingRisk(BaseModel):
+    underlying: str
+    spot: DecOut
+    worst_kind: str
+    worst_index: int | None
+    worst_pnl: DecOut
+    maintenance_requirement: DecOut
+    initial_requirement: DecOut
+    scenarios: list[ScenarioRow]
+
+
+class PortfolioView(BaseModel):
+    account_id: int
+    margin_mode: Literal["standard", "isolated", "portfolio"]
+    valuation_blocked: str | None
+    equity: DecOut
+    maintenance_margin: DecOut
+    initial_margin: DecOut
+    health: DecOut
+    positions: list[PortfolioPosition]
+    total: Greeks
+    underlyings: list[UnderlyingRisk]
+    now_ns: int

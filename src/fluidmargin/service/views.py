@@ -50,8 +50,8 @@ def liquidation_price_q(eng: Engine, p: int, cross_eq: int, cross_mm: int) -> in
     """
     m = eng.markets[int(eng.pos_mkt[p])]
     size = int(eng.pos_size[p])
-    if m.mark_q is None or size == 0:
-        return None
+    if m.mark_q is None or size == 0 or (eng.acct_mode[int(eng.pos_acct[p])] == 2 and not eng.pos_iso[p]):
+        return None  # a portfolio account has no single-position liquidation price
     pr = eng.position_risk(p)
     if eng.pos_iso[p]:
         fixed = int(eng.pos_iso_margin[p]) - int(eng.pos_cost[p]) - eng._funding_owed(p)
@@ -131,8 +131,13 @@ def account_view(eng: Engine, account_id: int, adl: bool = True) -> dict[str, An
             "pending_shares": fmt(pending[0], SHARE_DECIMALS) if pending else None,
             "claimable_at_ns": pending[1] if pending else None,
         }
+    from fluidmargin.engine.options import MODE_NAMES, PORTFOLIO
+
+    pm_mode = int(eng.acct_mode[r]) == PORTFOLIO
     return {
         "account_id": account_id,
+        "margin_mode": MODE_NAMES[int(eng.acct_mode[r])],
+        "valuation_blocked": (eng.opt.figures(r).blocked or None) if pm_mode else None,
         "status": STATUS_NAMES[int(eng.status[r])],
         "balances": balances,
         **account_risk(eng, r, adl),
@@ -148,6 +153,8 @@ def fill_event(eng: Engine, account_id: int, body: Any, ts: int) -> ev.TradeFill
     """The TradeFilled a fill request describes (its quantums parsed exactly for its market)."""
     row_of(eng, account_id)
     m = eng.market_idx.get(body.market)
+    if m is None and body.market in eng.opt.idx:
+        return option_fill_event(eng, account_id, body, ts)
     if m is None:
         raise FieldError("market", f"unknown market {body.market!r}")
     sd = m.spec.size_decimals
@@ -178,6 +185,9 @@ def _precheck(eng: Engine, r: int, e: ev.TradeFilled) -> tuple[str, int, bool, b
         return f"market {e.market} has no valid mark price yet", -1, False, False
     if eng.status[r] in (LIQUIDATING, BANKRUPT):
         return f"account is {STATUS_NAMES[int(eng.status[r])]}", -1, False, False
+    mode_why = eng._mode_refuses(r, e.margin_mode)
+    if mode_why:
+        return mode_why, -1, False, False
     iso = e.margin_mode == "isolated"
     p = eng._find_pos(r, m.i)
     old = int(eng.pos_size[p]) if p >= 0 else 0
@@ -190,7 +200,7 @@ def _precheck(eng: Engine, r: int, e: ev.TradeFilled) -> tuple[str, int, bool, b
             return f"market {m.spec.symbol} is halted ({eng.halted[m.spec.symbol]}): no new risk", p, iso, increases
         from fluidmargin.risk.oracle import Action
 
-        blocked = eng._oracle_blocked([m.spec.base_asset], Action.OPEN)
+        blocked = eng._oracle_blocked([m.spec.base_asset], Action.OPEN) or ("" if iso else eng._valuation_blocked(r))
         if blocked:
             return blocked, p, iso, increases
     if e.isolated_margin_quote_q and not iso:
@@ -210,6 +220,15 @@ def what_if(eng: Engine, account_id: int, body: Any) -> dict[str, Any]:
     r = row_of(eng, account_id)
     e = fill_event(eng, account_id, body, eng.now_ns)
     before = account_risk(eng, r, adl=False)
+    if e.market in eng.opt.idx:
+        # the engine's own option fill (pre-trade check with the portfolio model), then restored
+        saved = eng._save_account(r)
+        try:
+            reason = eng.opt.fill(r, eng.opt.idx[e.market], e, [])
+            after = account_risk(eng, r, adl=False) if not reason else None
+        finally:
+            eng._restore_account(r, saved)
+        return {"accepted": not reason, "reason": reason or None, "before": before, "after": after}
     reason, p, iso, increases = _precheck(eng, r, e)
     if reason:
         return {"accepted": False, "reason": reason, "before": before, "after": None}
@@ -361,3 +380,161 @@ def risk_parameters(eng: Engine) -> dict[str, Any]:
 
 
 __all__ = ["FieldError", "NotFound"]
+
+
+# --- options and portfolio margin ------------------------------------------------------------------------
+
+
+def _dec(x: float, places: int = 8) -> str:
+    """A float risk figure as a fixed-point decimal string (never a JSON float, never exponent notation)."""
+    import math
+    from decimal import ROUND_HALF_EVEN, Decimal
+
+    if not math.isfinite(x):
+        return "0"
+    d = Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    s = format(d, "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def option_markets_view(eng: Engine) -> list[dict[str, Any]]:
+    from fluidmargin.risk.options import black76_greeks, year_fraction
+
+    out = []
+    for s in eng.opt.series:
+        spec = s.spec
+        index = eng.index_q.get(spec.underlying)
+        pt = eng.opt.vols.get((spec.underlying, spec.expiry_ns, spec.strike_price_q))
+        g = None
+        if index is not None and pt is not None and s.settled_price_q is None:
+            t = max(year_fraction(eng.now_ns, spec.expiry_ns), 0.0)
+            g = black76_greeks(index / 10**PRICE_DECIMALS, spec.strike_price_q / 10**PRICE_DECIMALS, t, pt[0] / 1e6,
+                               1.0, spec.is_call)  # fmt: skip
+        out.append(
+            {
+                "symbol": spec.symbol,
+                "underlying": spec.underlying,
+                "right": spec.right,
+                "strike": fmt(spec.strike_price_q, PRICE_DECIMALS),
+                "expiry_ns": spec.expiry_ns,
+                "size_decimals": spec.size_decimals,
+                "index_price": px(index),
+                "mark_vol": fmt(pt[0], 6) if pt else None,
+                "mark_vol_ts_ns": pt[1] if pt else None,
+                "mark_price": _dec(float(g.price)) if g else None,
+                "delta": _dec(float(g.delta)) if g else None,
+                "gamma": _dec(float(g.gamma), 12) if g else None,
+                "vega": _dec(float(g.vega)) if g else None,
+                "theta": _dec(float(g.theta) / 365) if g else None,
+                "open_interest": fmt(s.long_oi_base_q, spec.size_decimals),
+                "settled": s.settled_price_q is not None,
+                "settlement_price": px(s.settled_price_q),
+            }
+        )
+    return out
+
+
+def option_market_view(eng: Engine, symbol: str) -> dict[str, Any]:
+    for v in option_markets_view(eng):
+        if v["symbol"] == symbol:
+            return v
+    raise NotFound(f"unknown option series {symbol!r}")
+
+
+def vol_surface_view(eng: Engine, underlying: str) -> dict[str, Any]:
+    if underlying not in eng.markets_of_asset:
+        raise NotFound(f"unknown underlying {underlying!r}")
+    pol = eng.cfg.policy(underlying)
+    points = [
+        {
+            "expiry_ns": x,
+            "strike": fmt(k, PRICE_DECIMALS),
+            "vol": fmt(v, 6),
+            "ts_ns": t,
+            "source": src,
+            "stale": orc.staleness(eng.now_ns, t, pol) != orc.Validity.VALID,
+        }
+        for (a, x, k), (v, t, src) in sorted(eng.opt.vols.items())
+        if a == underlying
+    ]
+    return {"underlying": underlying, "now_ns": eng.now_ns, "points": points}
+
+
+def portfolio_view(eng: Engine, account_id: int) -> dict[str, Any]:
+    """Scenario matrix (which scenario is worst, by how much) and Greeks per position and in total."""
+    from fluidmargin.engine.options import MODE_NAMES, PORTFOLIO
+
+    r = row_of(eng, account_id)
+    f = eng.opt.figures(r)
+    positions = []
+    tot = [0.0, 0.0, 0.0, 0.0]
+    for p in eng.positions_of(r):
+        size = int(eng.pos_size[p])
+        if not size or eng.pos_iso[p]:
+            continue
+        m = eng.markets[int(eng.pos_mkt[p])]
+        delta = size / 10**m.spec.size_decimals
+        tot[0] += delta
+        positions.append({"market": m.spec.symbol, "kind": "perpetual", "size": fmt(size, m.spec.size_decimals),
+                          "value": None, "delta": _dec(delta), "gamma": "0", "vega": "0", "theta": "0"})  # fmt: skip
+    for v in f.options:
+        sd = eng.opt.idx[v.symbol].spec.size_decimals
+        theta_day = v.theta / 365
+        for i, x in enumerate((v.delta, v.gamma, v.vega, theta_day)):
+            tot[i] += x
+        positions.append({"market": v.symbol, "kind": "option", "size": fmt(v.size_base_q, sd),
+                          "value": q(v.value_quote_q), "delta": _dec(v.delta), "gamma": _dec(v.gamma, 12),
+                          "vega": _dec(v.vega), "theta": _dec(theta_day)})  # fmt: skip
+    unders = []
+    params = eng.opt.params
+    for a, res in sorted(f.results.items()):
+        rows = [
+            {"index": i, "kind": sc.kind, "spot_shock": _dec(sc.spot_shock, 6), "vol_shock": sc.vol_shock.value,
+             "dampening": _dec(sc.dampening, 9), "pnl": _dec(res.scenario_pnls_quote[i], 6)}
+            for i, sc in enumerate(params.scenarios)
+        ]  # fmt: skip
+        unders.append(
+            {
+                "underlying": a,
+                "spot": px(eng.index_q.get(a)) or "0",
+                "worst_kind": res.worst.kind,
+                "worst_index": res.worst.index,
+                "worst_pnl": _dec(res.worst.pnl_quote, 6),
+                "maintenance_requirement": _dec(res.maintenance_requirement_quote, 6),
+                "initial_requirement": _dec(res.initial_requirement_quote, 6),
+                "scenarios": rows,
+            }
+        )
+    pm_mode = int(eng.acct_mode[r]) == PORTFOLIO
+    risk = eng.cross_risk(r)
+    im = eng.cross_initial(r)
+    return {
+        "account_id": account_id,
+        "margin_mode": MODE_NAMES[int(eng.acct_mode[r])],
+        "valuation_blocked": (f.blocked or None) if pm_mode else None,
+        "equity": q(risk.equity_quote_q),
+        "maintenance_margin": q(risk.mm_quote_q),
+        "initial_margin": q(im),
+        "health": q(risk.health_quote_q),
+        "positions": positions,
+        "total": {"delta": _dec(tot[0]), "gamma": _dec(tot[1], 12), "vega": _dec(tot[2]), "theta": _dec(tot[3])},
+        "underlyings": unders,
+        "now_ns": eng.now_ns,
+    }
+
+
+def option_fill_event(eng: Engine, account_id: int, body: Any, ts: int) -> ev.TradeFilled:
+    s = eng.opt.idx[body.market]
+    return ev.TradeFilled(
+        ts,
+        account_id,
+        body.market,
+        to_quantums(body.size, s.spec.size_decimals, "size", positive=True, signed=True),
+        to_quantums(body.price, PRICE_DECIMALS, "price", positive=True),
+        to_quantums(body.fee, QUOTE_DECIMALS, "fee"),
+        body.margin_mode,
+        body.leverage,
+        to_quantums(body.isolated_margin, QUOTE_DECIMALS, "isolated_margin"),
+    )

@@ -1,0 +1,119 @@
+"""Option series, mark-vol surfaces and publishing, portfolio views and margin modes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+
+from fluidmargin.core.units import PPM, PRICE_DECIMALS
+from fluidmargin.engine.engine import Engine
+from fluidmargin.model import events as ev
+from fluidmargin.service import views
+from fluidmargin.service.auth import Principal, require, require_account
+from fluidmargin.service.codec import FieldError, to_quantums
+from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.schemas import (
+    MarginModeIn,
+    OptionMarketView,
+    PortfolioView,
+    VolIn,
+    VolSurfaceView,
+    WriteResult,
+)
+
+router = APIRouter(prefix="/v1", tags=["options"])
+Svc = Annotated[Service, Depends(get_svc)]
+ANYONE = require("admin", "venue", "account", "publisher")
+PUBLISHERS = require("admin", "publisher")
+OWNER_OF = require_account("admin", "venue", "account")
+AccountPath = Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")]
+
+
+@router.get("/options", response_model=list[OptionMarketView], responses=errors(403), summary="Every option series")
+async def options(svc: Svc, p: Annotated[Principal, ANYONE]) -> list[dict[str, Any]]:
+    return await svc.worker.read(views.option_markets_view)
+
+
+@router.get(
+    "/options/{symbol}",
+    response_model=OptionMarketView,
+    responses=errors(403, 404),
+    summary="An option series: strike, expiry, mark vol, model price and Greeks, open interest, settlement",
+)
+async def option(
+    symbol: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ANYONE]
+) -> dict[str, Any]:
+    return await svc.worker.read(lambda eng: views.option_market_view(eng, symbol))
+
+
+@router.get(
+    "/vol-surfaces/{underlying}",
+    response_model=VolSurfaceView,
+    responses=errors(403, 404),
+    summary="The published mark vols of an underlying, one point per listed expiry and strike",
+)
+async def vol_surface(
+    underlying: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ANYONE]
+) -> dict[str, Any]:
+    return await svc.worker.read(lambda eng: views.vol_surface_view(eng, underlying))
+
+
+@router.post(
+    "/vols",
+    response_model=WriteResult,
+    responses=errors(403, 409),
+    summary="Publish a mark vol for a listed (underlying, expiry, strike) (the source is the key's)",
+    description="Validated like a price: a non-finite, non-positive or absurd (> 1000 %) vol, an expired "
+    "expiry, a zero strike, an unlisted point or a low confidence is refused with the reason.",
+)
+async def publish_vol(
+    body: VolIn, svc: Svc, p: Annotated[Principal, PUBLISHERS], idem: IdempotencyKey = None
+) -> dict[str, Any]:
+    source = p.key.source or (f"admin:{p.key.key_id}" if p.role == "admin" else "")
+    if not source:
+        raise HTTPException(403, "this publisher key has no source name")
+    strike = to_quantums(body.strike, PRICE_DECIMALS, "strike")
+    to_quantums(body.vol, 6, "vol", signed=True)  # exact or 422 (the engine judges the value)
+    conf = to_quantums(body.confidence, 6, "confidence")
+    if conf > PPM:
+        raise FieldError("confidence", "must be between 0 and 1")
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        if body.underlying not in eng.markets_of_asset:
+            raise FieldError("underlying", f"unknown underlying {body.underlying!r}")
+        return ev.VolObserved(ts, source, body.underlying, body.expiry_ns, strike, body.vol, conf)
+
+    return await write(svc, p, build, idem, ("vol", source, body.model_dump()))
+
+
+@router.get(
+    "/accounts/{account_id}/portfolio",
+    response_model=PortfolioView,
+    responses=errors(403, 404),
+    summary="Portfolio risk: the scenario matrix per underlying (which is worst, by how much) and Greeks",
+)
+async def portfolio(account_id: AccountPath, svc: Svc, p: Annotated[Principal, OWNER_OF]) -> dict[str, Any]:
+    return await svc.worker.read(lambda eng: views.portfolio_view(eng, account_id))
+
+
+@router.put(
+    "/accounts/{account_id}/margin-mode",
+    response_model=WriteResult,
+    responses=errors(403, 404, 409),
+    summary="Choose the margin mode: standard (tiered), isolated or portfolio",
+    description="Refused (409) if equity would fall below initial margin in the new mode; options need "
+    "portfolio mode, portfolio mode holds no isolated positions, isolated mode no cross positions.",
+)
+async def margin_mode(
+    account_id: AccountPath,
+    body: MarginModeIn,
+    svc: Svc,
+    p: Annotated[Principal, OWNER_OF],
+    idem: IdempotencyKey = None,
+) -> dict[str, Any]:
+    def build(eng: Engine, ts: int) -> ev.Event:
+        views.row_of(eng, account_id)
+        return ev.MarginModeChanged(ts, account_id, body.mode)
+
+    return await write(svc, p, build, idem, ("mode", account_id, body.model_dump()))
