@@ -30,6 +30,8 @@ test: $(STAMP) chromium
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_liquidation.py
+	$(BIN)/python benchmarks/bench_portfolio.py
+	$(BIN)/python benchmarks/bench_risk_models.py
 
 .PHONY: bench-service
 bench-service: $(STAMP)

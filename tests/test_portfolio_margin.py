@@ -17,6 +17,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import shared_path
@@ -26,12 +28,14 @@ from fluidmargin.risk.derive_pm import DeriveCaseError, parse_derive_case, parse
 from fluidmargin.risk.portfolio import (
     DERIVE_PM2,
     CollateralHolding,
+    CrossAssetParams,
     ExpiryHolding,
     OptionHolding,
     Portfolio,
     PortfolioMarginResult,
     Scenario,
     VolShock,
+    cross_portfolio_margin,
     portfolio_margin,
 )
 
@@ -192,6 +196,120 @@ def test_preset_is_the_published_default_block() -> None:
         assert (a.vol_shock, a.tail) == (b.vol_shock, b.tail)
         assert a.spot_shock == pytest.approx(b.spot_shock, rel=1e-12)
         assert a.dampening == pytest.approx(b.dampening, rel=1e-12)
+
+
+# --- cross-asset netting: one account, several underlyings ------------------------------------------------
+
+BTC_SPOT = 60_000.0
+CROSS = CrossAssetParams(offset_rates=(("BTC", "ETH", 0.8),), floor_fraction=0.3)
+
+
+def btc_perp(amount: float) -> Portfolio:
+    return Portfolio(spot_price=BTC_SPOT, perp_amount=amount, perp_price=BTC_SPOT)
+
+
+def eth_perp(amount: float) -> Portfolio:
+    return Portfolio(spot_price=SPOT, perp_amount=amount, perp_price=SPOT)
+
+
+@pytest.mark.parametrize(
+    ("name", "btc", "eth", "rate", "mm_req", "im_req"),
+    [
+        # 1 BTC perp long (60000 notional), 20 ETH perps short (60000): alone, each loses 0.18 x 60000 = 10800
+        # (BTC at spot x 0.82, ETH at x 1.18): MM 0.8 x 10800 + 1.5 % x 60000 = 9540, IM 10800 + 2 % x 60000
+        # = 12000. Moving together they cancel (co-moving loss 0): credit 0.8 x (10800 + 10800 - 0) = 17280;
+        # MM 0.8 x (21600 - 17280) + 900 + 900 = 5256 (floor 0.3 x 8640 + 1800 = 4392);
+        # IM 1.0 x 4320 + 1200 + 1200 = 6720 (floor 0.3 x 10800 + 2400 = 5640)
+        ("Alice_1BTCLong_20ETHShort_offset80", 1.0, -20.0, 0.8, 5256.0, 6720.0),
+        # offset 100 %: credit 21600, MM 1800 and IM 2400 are below the floors: 4392 and 5640
+        ("Alice_1BTCLong_20ETHShort_offset100", 1.0, -20.0, 1.0, 4392.0, 5640.0),
+        # no offset: the sum of the legs, 2 x 9540 = 19080 and 2 x 12000 = 24000
+        ("Alice_1BTCLong_20ETHShort_offset0", 1.0, -20.0, 0.0, 19080.0, 24000.0),
+        # both long: they lose together (co-moving loss 21600 = the sum), no credit: 19080 / 24000
+        ("Bob_1BTCLong_20ETHLong", 1.0, 20.0, 0.8, 19080.0, 24000.0),
+        # half hedge: 10 ETH short alone loses 5400 (MM 4320 + 450 = 4770); together 60000 (k - 1) - 30000 (k - 1)
+        # loses 5400 at k = 0.82; credit 0.8 x (10800 + 5400 - 5400) = 8640; MM 0.8 x (16200 - 8640) + 900
+        # + 450 = 7398; IM 7560 + 1200 + 600 = 9360
+        ("Carol_1BTCLong_10ETHShort", 1.0, -10.0, 0.8, 7398.0, 9360.0),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_cross_asset_netting_table(
+    name: str, btc: float, eth: float, rate: float, mm_req: float, im_req: float
+) -> None:
+    offsets = CrossAssetParams(offset_rates=(("BTC", "ETH", rate),), floor_fraction=0.3)
+    r = cross_portfolio_margin({"BTC": btc_perp(btc), "ETH": eth_perp(eth)}, DERIVE_PM2, offsets)
+    assert r.maintenance_requirement_quote == pytest.approx(mm_req, rel=1e-12)
+    assert r.initial_requirement_quote == pytest.approx(im_req, rel=1e-12)
+    assert r.maintenance_margin_quote == pytest.approx(r.mark_to_market_quote - mm_req, rel=1e-12)
+
+
+def test_btc_long_hedged_by_eth_short_needs_less_than_either_alone_and_more_than_the_floor() -> None:
+    r = cross_portfolio_margin({"BTC": btc_perp(1.0), "ETH": eth_perp(-20.0)}, DERIVE_PM2, CROSS)
+    alone = dict(r.by_underlying)
+    for initial in (False, True):
+        req = r.initial_requirement_quote if initial else r.maintenance_requirement_quote
+        legs = [a.initial_requirement_quote if initial else a.maintenance_requirement_quote for a in alone.values()]
+        floor = r.floor_initial_quote if initial else r.floor_maintenance_quote
+        assert req < min(legs) and req < sum(legs), (initial, req, legs)
+        assert req >= floor > 0, (initial, req, floor)
+    assert r.standalone_maintenance_quote == pytest.approx(19080.0)  # what no netting would charge
+
+
+def test_one_underlying_is_margined_as_alone() -> None:
+    p = book(call(3300, -1), perps=0.5)
+    r = cross_portfolio_margin({"ETH": p}, DERIVE_PM2, CrossAssetParams((), floor_fraction=0.5))
+    assert r.maintenance_requirement_quote == pm(p).maintenance_requirement_quote
+    assert r.initial_requirement_quote == pm(p).initial_requirement_quote
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    btc=st.floats(-3, 3),
+    eth=st.floats(-60, 60),
+    strike=st.sampled_from([2700.0, 3000.0, 3300.0]),
+    calls=st.floats(-2, 2),
+    rate=st.floats(0, 1),
+    floor_fraction=st.floats(0, 1),
+)
+def test_cross_netting_stays_between_the_floor_and_the_sum(
+    btc: float, eth: float, strike: float, calls: float, rate: float, floor_fraction: float
+) -> None:
+    """Never above the legs margined alone, never below the floor, nor below the loss of the two moving
+    together (a credit only nets what co-movement could)."""
+    eth_book = book(call(strike, calls), perps=eth) if calls else eth_perp(eth)
+    offsets = CrossAssetParams((("ETH", "BTC", rate),), floor_fraction)
+    r = cross_portfolio_margin({"BTC": btc_perp(btc), "ETH": eth_book}, DERIVE_PM2, offsets)
+    tol = 1e-9 * (1 + r.standalone_maintenance_quote)
+    assert r.floor_maintenance_quote - tol <= r.maintenance_requirement_quote <= r.standalone_maintenance_quote + tol
+    assert r.floor_initial_quote - tol <= r.initial_requirement_quote <= r.standalone_initial_quote + tol
+    charges = sum(x.contingencies.mm_quote for _, x in r.by_underlying)
+    assert r.maintenance_requirement_quote >= 0.8 * r.comoving_loss_quote + charges - tol
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda: CrossAssetParams((("BTC", "BTC", 0.5),), 0.3), "two distinct underlyings"),
+        (lambda: CrossAssetParams((("BTC", "ETH", 1.5),), 0.3), "offset rate BTC/ETH must be in"),
+        (lambda: CrossAssetParams((("BTC", "ETH", 0.5), ("ETH", "BTC", 0.4)), 0.3), "given twice"),
+        (lambda: CrossAssetParams((), -0.1), "floor_fraction"),
+        (lambda: cross_portfolio_margin({}, DERIVE_PM2, CROSS), "at least one underlying"),
+        (lambda: cross_portfolio_margin({"BTC": btc_perp(1.0)}, DERIVE_PM2, CROSS), "does not hold"),
+        (
+            lambda: cross_portfolio_margin(
+                {"BTC": btc_perp(1.0), "ETH": eth_perp(-1.0)},
+                {"BTC": DERIVE_PM2, "ETH": dataclasses.replace(DERIVE_PM2, scenarios=DERIVE_PM2.scenarios[:5])},
+                CROSS,
+            ),
+            "same scenario grid",
+        ),
+        (lambda: cross_portfolio_margin({"BTC": btc_perp(1.0)}, {"ETH": DERIVE_PM2}, CROSS), "no parameters"),
+    ],
+)
+def test_cross_netting_rejects_bad_input(build: Any, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        build()
 
 
 # --- the model's own validation ---------------------------------------------------------------------------

@@ -20,12 +20,16 @@ Per underlying:
 Money is in the quote stablecoin (``_quote``), as floats: this is a statistical valuation, like Derive's.
 The engine converts a requirement to integer quote quanta rounding up. ``initial_margin`` and
 ``maintenance_margin`` follow Derive: mark-to-market minus requirement, healthy while >= 0.
+
+An account on several underlyings is margined by :func:`cross_portfolio_margin`: each underlying alone,
+then netted by configurable correlation offsets, never below a floor. Many accounts of one underlying are
+margined at once by :mod:`fluidmargin.risk.pm_batch`, whose twin this module is.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -487,7 +491,7 @@ def _vol_shock_multipliers(sec_to_expiry_s: int, p: VolShockParams) -> tuple[flo
     return 1.0 + p.range_up * m, max(0.0, 1.0 - p.range_down * m)
 
 
-def _skew_multipliers(k: FloatArray, cap: float, k_star: float) -> FloatArray:
+def _skew_multipliers(k: FloatArray, cap: float | FloatArray, k_star: float | FloatArray) -> FloatArray:
     """``1 + min(cap, k cap / k*)`` for k >= 0, ``1 + max(-cap, k cap / k*)`` below (as Derive orders it)."""
     x = k * cap / k_star
     return np.asarray(1.0 + np.where(k >= 0, np.minimum(cap, x), np.maximum(-cap, x)), dtype=np.float64)
@@ -650,6 +654,151 @@ def portfolio_margin(portfolio: Portfolio, params: PortfolioMarginParams) -> Por
         collateral_mtm_quote=collateral_mtm,
         perp_mtm_quote=pf.perp_unrealised_quote,
         expiries=tuple(reports),
+    )
+
+
+# --- cross-asset netting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrossAssetParams:
+    """Correlation offsets between underlyings, for :func:`cross_portfolio_margin`.
+
+    ``offset_rates``: ``(a, b, rate)`` per pair of underlyings, ``rate`` in [0, 1] the share of the pair's
+    co-movement netting that is credited (a correlation with a haircut: 0 = no netting, the default for
+    any pair not listed). ``floor_fraction``: the netted requirement never goes below this share of the
+    largest single-underlying scaled loss, plus every contingency.
+    """
+
+    offset_rates: tuple[tuple[str, str, float], ...]
+    floor_fraction: float
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for a, b, rate in self.offset_rates:
+            if not (isinstance(a, str) and isinstance(b, str) and a and b and a != b):
+                raise ValidationError(f"an offset pairs two distinct underlyings, got {a!r}, {b!r}")
+            _fraction(f"offset rate {a}/{b}", rate)
+            key = (min(a, b), max(a, b))
+            if key in seen:
+                raise ValidationError(f"offset {key[0]}/{key[1]} given twice")
+            seen.add(key)
+        _fraction("floor_fraction", self.floor_fraction)
+
+    def rate(self, a: str, b: str) -> float:
+        """The offset rate of a pair (either order), 0 when not listed."""
+        for x, y, r in self.offset_rates:
+            if {x, y} == {a, b}:
+                return r
+        return 0.0
+
+
+@dataclass(frozen=True)
+class CrossPortfolioMarginResult:
+    """The netted margins of a multi-underlying account, with each underlying's standalone result.
+
+    Losses are >= 0 (``standalone_loss_quote`` = sum of the per-underlying worst losses; ``comoving_loss_quote``
+    the worst loss if every underlying moved along the same scenario; ``offset_credit_quote`` what the
+    correlation offsets take off the first). ``floor_*`` are what the requirements never go below.
+    """
+
+    by_underlying: tuple[tuple[str, PortfolioMarginResult], ...]  # sorted by name
+    standalone_loss_quote: float
+    comoving_loss_quote: float
+    offset_credit_quote: float
+    initial_requirement_quote: float
+    maintenance_requirement_quote: float
+    floor_initial_quote: float
+    floor_maintenance_quote: float
+    mark_to_market_quote: float
+    initial_margin_quote: float
+    maintenance_margin_quote: float
+
+    @property
+    def standalone_initial_quote(self) -> float:
+        """Sum of the per-underlying IM requirements: what no netting would charge."""
+        return sum(r.initial_requirement_quote for _, r in self.by_underlying)
+
+    @property
+    def standalone_maintenance_quote(self) -> float:
+        return sum(r.maintenance_requirement_quote for _, r in self.by_underlying)
+
+
+def _comoving_loss(results: Sequence[PortfolioMarginResult]) -> float:
+    """Worst loss (>= 0) when every underlying moves along the same scenario of the shared grid."""
+    pnls = np.sum([r.scenario_pnls_quote for r in results], axis=0)
+    basis = sum(r.basis_contingency_quote for r in results)
+    return -min(basis, float(np.min(pnls)))
+
+
+def cross_portfolio_margin(
+    portfolios: Mapping[str, Portfolio],
+    params: PortfolioMarginParams | Mapping[str, PortfolioMarginParams],
+    offsets: CrossAssetParams,
+) -> CrossPortfolioMarginResult:
+    """Margin of one account holding several underlyings: each stressed alone, then netted by correlation.
+
+    With L_i the worst loss of underlying i alone (>= 0) and L_co(S) the worst loss of the set S moving
+    along the same scenarios (same index of the shared grid: spot shocks and vol shocks in step):
+
+    - pair credit c_ij = rate_ij x (L_i + L_j - L_co({i, j})) >= 0: the netting perfect co-movement
+      would give the pair, scaled by its offset rate;
+    - credit = min(sum of c_ij, sum L_i - L_co(all)): never more than all of them moving together nets;
+    - requirement = sum_i (factor_i x L_i + contingencies_i) - min_i factor_i x credit, and at least the
+      floor: floor_fraction x max_i (factor_i x L_i) + sum_i contingencies_i (IM and MM alike, each
+      with its own loss factors and contingencies).
+
+    Cash and every other holding count once, in the portfolio that holds them. All grids must be aligned
+    (the same spot and vol shocks in the same order).
+    """
+    if not portfolios:
+        raise ValidationError("at least one underlying is needed")
+    names = sorted(portfolios)
+    by_name = {n: params for n in names} if isinstance(params, PortfolioMarginParams) else dict(params)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValidationError(f"no parameters for {', '.join(missing)}")
+    grids = {tuple((s.spot_shock, s.vol_shock) for s in by_name[n].scenarios) for n in names}
+    if len(grids) != 1:
+        raise ValidationError("cross-asset netting needs the same scenario grid for every underlying")
+    for a, b, _ in offsets.offset_rates:
+        for x in (a, b):
+            if x not in portfolios:
+                raise ValidationError(f"offset names {x!r}, which the account does not hold")
+    results = [portfolio_margin(portfolios[n], by_name[n]) for n in names]
+    losses = [-r.worst.pnl_quote for r in results]
+    pair_credit = 0.0
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            rate = offsets.rate(names[i], names[j])
+            if rate > 0:
+                pair_credit += rate * (losses[i] + losses[j] - _comoving_loss([results[i], results[j]]))
+    comoving = _comoving_loss(results)
+    standalone = sum(losses)
+    credit = max(0.0, min(pair_credit, standalone - comoving))
+
+    def requirement(initial: bool) -> tuple[float, float]:
+        factors = [r.im_loss_factor if initial else r.mm_loss_factor for r in results]
+        charges = sum(r.contingencies.im_quote if initial else r.contingencies.mm_quote for r in results)
+        scaled = [f * loss for f, loss in zip(factors, losses, strict=True)]
+        floor = offsets.floor_fraction * max(scaled) + charges
+        return max(sum(scaled) + charges - min(factors) * credit, floor), floor
+
+    im_req, im_floor = requirement(True)
+    mm_req, mm_floor = requirement(False)
+    mtm = sum(r.mark_to_market_quote for r in results)
+    return CrossPortfolioMarginResult(
+        by_underlying=tuple(zip(names, results, strict=True)),
+        standalone_loss_quote=standalone,
+        comoving_loss_quote=comoving,
+        offset_credit_quote=credit,
+        initial_requirement_quote=im_req,
+        maintenance_requirement_quote=mm_req,
+        floor_initial_quote=im_floor,
+        floor_maintenance_quote=mm_floor,
+        mark_to_market_quote=mtm,
+        initial_margin_quote=mtm - im_req,
+        maintenance_margin_quote=mtm - mm_req,
     )
 
 
