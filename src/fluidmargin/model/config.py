@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fluidmargin.core.errors import ValidationError
@@ -22,6 +25,7 @@ from fluidmargin.model.instruments import (
 )
 
 PM_PRESETS = ("derive_pm2",)  # names of risk.portfolio parameter presets (the engine maps them)
+GAP_MODELS = ("merton", "kou", "gbm")  # jump-diffusion models of risk.jumps (gbm: no jumps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,168 @@ class BackstopSpec:
             raise ValidationError("backstop: account_id must be a 64-bit id, max_notional >= 0")
         if self.max_leverage < 1 or self.withdrawal_delay_ns < 0:
             raise ValidationError("backstop: max_leverage >= 1 and withdrawal_delay_ns >= 0")
+
+
+_GAP_DECIMAL = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,20})?$")
+_GAP_NUMBERS = ("sigma", "lam", "mu_j", "sigma_j", "p_up", "eta_up", "eta_down", "horizon_s", "target")
+_GAP_JUMP_FIELDS = {"merton": ("lam", "mu_j", "sigma_j"), "kou": ("lam", "p_up", "eta_up", "eta_down"), "gbm": ()}
+GAP_MAX_HORIZON_S = 86_400  # a liquidation horizon beyond a day is not one (and would be slow to tabulate)
+GAP_MIN_TARGET = 1e-9  # crossing tables resolve probabilities down to 1e-10
+GAP_MAX_JUMPS_IN_HORIZON = 20.0  # expected jumps within the horizon (the crossing solver's working range)
+
+
+def _gap_decimal(value: Any, name: str) -> str:
+    """A number or decimal string as a plain decimal string (no exponent): the config's exact form."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValidationError(f"{name}: expected a number or a decimal string, got {type(value).__name__}")
+    if isinstance(value, str):
+        return value.strip()
+    try:
+        d = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise ValidationError(f"{name}: {value!r} is not a decimal number") from None
+    if not d.is_finite():
+        raise ValidationError(f"{name}: {value!r} is not a finite number")
+    s = format(d, "f")
+    return s.rstrip("0").rstrip(".") if "." in s else s
+
+
+@dataclass(frozen=True, slots=True)
+class GapRiskSpec:
+    """A market's gap-risk model: jump-diffusion parameters, liquidation horizon and target probability.
+
+    Numbers are decimal strings (exact in the config and the log header, never JSON floats); the model
+    reads them as floats (risk statistics). ``sigma`` annual diffusion vol; ``lam`` jumps per year;
+    Merton log jumps ~ Normal(``mu_j``, ``sigma_j``); Kou jumps +Exp(``eta_up``) with probability
+    ``p_up``, else -Exp(``eta_down``); ``gbm`` has no jumps. ``horizon_s`` is the liquidation horizon in
+    seconds (oracle latency + detection + execution); ``target`` the probability of crossing the
+    bankruptcy price within it that the add-on keeps positions under. ``source``: where the numbers
+    came from (e.g. the ``fluidmargin fit-jumps`` run).
+    """
+
+    model: str
+    sigma: str
+    horizon_s: str
+    target: str
+    lam: str = "0"
+    mu_j: str = "0"
+    sigma_j: str = "0"
+    p_up: str = "0"
+    eta_up: str = "0"
+    eta_down: str = "0"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or self.model not in GAP_MODELS:
+            raise ValidationError(f"gap_risk.model: {self.model!r} is not one of {', '.join(GAP_MODELS)}")
+        v: dict[str, float] = {}
+        for name in _GAP_NUMBERS:
+            text = getattr(self, name)
+            if not isinstance(text, str) or not _GAP_DECIMAL.match(text):
+                raise ValidationError(f"gap_risk.{name}: {text!r} is not a plain decimal string")
+            v[name] = float(text)
+            if not math.isfinite(v[name]):
+                raise ValidationError(f"gap_risk.{name}: {text} is not finite")
+        if not isinstance(self.source, str) or len(self.source) > 1000:
+            raise ValidationError("gap_risk.source: expected a string of at most 1000 characters")
+        used = _GAP_JUMP_FIELDS[self.model]
+        for name in ("lam", "mu_j", "sigma_j", "p_up", "eta_up", "eta_down"):
+            if name not in used and v[name] != 0.0:
+                raise ValidationError(f"gap_risk.{name}: not a parameter of the {self.model} model")
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ValidationError(f"gap_risk.{name}: must be {rule}, got {getattr(self, name)}")
+
+        need(0.001 <= v["sigma"] <= 10.0, "sigma", "in [0.001, 10] (annual volatility)")
+        need(0.0 < v["horizon_s"] <= GAP_MAX_HORIZON_S, "horizon_s", f"in (0, {GAP_MAX_HORIZON_S}] seconds")
+        need(0.0 < v["target"] < 1.0, "target", "in (0, 1)")
+        need(v["target"] >= GAP_MIN_TARGET, "target", f">= {GAP_MIN_TARGET} (the tables' resolution)")
+        if self.model != "gbm":
+            need(0.0 <= v["lam"] <= 1e7, "lam", "in [0, 1e7] jumps per year")
+            jumps_in_horizon = v["lam"] * v["horizon_s"] / (365 * 86_400)
+            rule = f"such that lam x horizon <= {GAP_MAX_JUMPS_IN_HORIZON} jumps (the solver's range)"
+            need(jumps_in_horizon <= GAP_MAX_JUMPS_IN_HORIZON, "lam", rule)
+        if self.model == "merton":
+            need(abs(v["mu_j"]) <= 1.0, "mu_j", "in [-1, 1] (mean log jump)")
+            need(1e-6 <= v["sigma_j"] <= 1.0 or (v["lam"] == 0.0 and v["sigma_j"] == 0.0), "sigma_j",
+                 "in [1e-6, 1] (log-jump std) when lam > 0")  # fmt: skip
+        if self.model == "kou":
+            need(0.0 <= v["p_up"] <= 1.0, "p_up", "in [0, 1]")
+            need(2.0 <= v["eta_up"] <= 1e6, "eta_up", "in [2, 1e6] (1 / mean up-jump)")
+            need(2.0 <= v["eta_down"] <= 1e6, "eta_down", "in [2, 1e6] (1 / mean down-jump)")
+
+    def number(self, name: str) -> float:
+        """One of the numeric parameters as a float (for the model: risk statistics, not money)."""
+        if name not in _GAP_NUMBERS:
+            raise KeyError(name)
+        return float(getattr(self, name))
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "gap_risk") -> GapRiskSpec:
+        """A spec from a JSON-like object: numbers or decimal strings; unknown keys are refused."""
+        if not isinstance(d, dict):
+            raise ValidationError(f"{where}: expected an object")
+        known = {f.name for f in dataclasses.fields(GapRiskSpec)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValidationError(f"{where}: unknown field {extra[0]!r} (known: {', '.join(sorted(known))})")
+        for k in ("model", "sigma", "horizon_s", "target"):
+            if d.get(k) is None:
+                raise ValidationError(f"{where}: missing field {k!r}")
+        model = d["model"]
+        if not isinstance(model, str):
+            raise ValidationError(f"{where}.model: expected a string")
+        kw: dict[str, Any] = {"model": model.strip().lower(), "source": d.get("source") or ""}
+        for k in _GAP_NUMBERS:
+            if d.get(k) is not None:
+                kw[k] = _gap_decimal(d[k], f"{where}.{k}")
+        try:
+            return GapRiskSpec(**kw)
+        except ValidationError as e:
+            raise ValidationError(str(e).replace("gap_risk", where, 1)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class GapRiskConfig:
+    """Gap-risk specs: one engine-wide ``default`` and/or per-market ones (a market's own spec wins)."""
+
+    default: GapRiskSpec | None = None
+    markets: tuple[tuple[str, GapRiskSpec], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [m for m, _ in self.markets]
+        if len(set(names)) != len(names):
+            raise ValidationError("gap_risk.markets: a market is listed twice")
+        if self.default is None and not self.markets:
+            raise ValidationError("gap_risk: give a default spec, per-market specs, or leave gap_risk out")
+
+    def spec_for(self, market: str) -> GapRiskSpec | None:
+        """The spec that applies to ``market`` (None: no gap model there)."""
+        for m, s in self.markets:
+            if m == market:
+                return s
+        return self.default
+
+    @staticmethod
+    def from_dict(d: Any) -> GapRiskConfig:
+        """``{"default": spec, "markets": {symbol: spec} or [[symbol, spec], ...]}``, or one bare spec."""
+        if not isinstance(d, dict):
+            raise ValidationError("gap_risk: expected an object")
+        if "model" in d:  # a bare spec: engine-wide
+            return GapRiskConfig(default=GapRiskSpec.from_dict(d))
+        extra = sorted(set(d) - {"default", "markets"})
+        if extra:
+            raise ValidationError(f"gap_risk: unknown field {extra[0]!r} (known: default, markets)")
+        default = None if d.get("default") is None else GapRiskSpec.from_dict(d["default"], "gap_risk.default")
+        raw = d.get("markets") or ()
+        pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+        markets = []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise ValidationError(f"gap_risk.markets[{i}]: expected [symbol, spec]")
+            markets.append((pair[0], GapRiskSpec.from_dict(pair[1], f"gap_risk.markets.{pair[0]}")))
+        return GapRiskConfig(default, tuple(sorted(markets, key=lambda p: p[0])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +234,7 @@ class EngineConfig:
     breaker_window_ns: int = 300 * 10**9  # exceeds this band (0: off); divergent sources always halt
     options: tuple[OptionSpec, ...] = ()  # listed option series (portfolio-margin accounts only)
     portfolio_margin: str = "derive_pm2"  # the portfolio-margin parameter preset (risk.portfolio)
+    gap_risk: GapRiskConfig | None = None  # jump-diffusion gap risk shown per position (None: not configured)
 
     def __post_init__(self) -> None:
         syms = [c.symbol for c in self.collateral]
@@ -106,6 +273,21 @@ class EngineConfig:
                 raise ValidationError(f"market {m.symbol}: backstop liquidation needs a backstop vault configured")
             if m.margin.mm_on_entry:
                 raise ValidationError(f"market {m.symbol}: entry-notional maintenance is for quotes only")
+        if self.gap_risk is not None:
+            for sym, _ in self.gap_risk.markets:
+                if sym not in msyms:
+                    raise ValidationError(f"gap_risk.markets: {sym!r} is not a market of this config")
+            # each model is tabulated now (and cached for the views): a spec the solver cannot resolve to its
+            # target is refused here, with the reason, not at the first account view
+            from fluidmargin.risk.gap import gap_model
+
+            specs = [("default", self.gap_risk.default)] + [(f"markets.{m}", s) for m, s in self.gap_risk.markets]
+            for where, spec in specs:
+                if spec is not None:
+                    try:
+                        gap_model(spec)
+                    except ValidationError as e:
+                        raise ValidationError(str(e).replace("gap_risk", f"gap_risk.{where}", 1)) from None
 
     def policy(self, asset: str) -> OraclePolicy:
         for a, p in self.oracle:
@@ -114,7 +296,10 @@ class EngineConfig:
         return self.default_oracle
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["gap_risk"] is None:
+            del d["gap_risk"]  # configs without gap risk keep the form (and state hashes) they had before it
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> EngineConfig:
@@ -168,6 +353,7 @@ class EngineConfig:
                 breaker_window_ns=d.get("breaker_window_ns", 300 * 10**9),
                 options=tuple(OptionSpec(**o) for o in d.get("options", ())),
                 portfolio_margin=d.get("portfolio_margin", "derive_pm2"),
+                gap_risk=None if d.get("gap_risk") is None else GapRiskConfig.from_dict(d["gap_risk"]),
             )
         except (KeyError, TypeError) as e:
             raise ValidationError(f"malformed engine config: {e}") from None

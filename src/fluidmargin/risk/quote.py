@@ -25,6 +25,13 @@ Output: decimal strings ``initial_margin`` (at ``leverage``, on the notional at 
 ``notional``, ``equity`` (collateral plus unrealised PnL) and ``liquidation_price`` (``None`` when no
 positive price liquidates the position), plus ``leverage`` and ``size_decimals`` used.
 
+Gap risk (optional): ``gap_risk`` an object as a venue's :class:`~fluidmargin.model.config.GapRiskSpec`
+(``model`` merton | kou | gbm, ``sigma``, ``lam``, ``mu_j``, ``sigma_j`` (merton), ``p_up``, ``eta_up``,
+``eta_down`` (kou), ``horizon_s``, ``target``). The answer then adds ``bankruptcy_price`` (where the
+bucket's equity is zero, rounded toward the mark; ``None`` for a long no positive price bankrupts),
+``gap_probability`` (P(touch it within ``horizon_s``), :mod:`fluidmargin.risk.gap`) and ``gap_addon``
+(collateral that keeps that probability at or under ``target``). Without it the answer is unchanged.
+
 Units and rounding: prices at 1e-8 quote, money at 1e-6 quote; the size keeps every decimal it
 was given (at most 12). Every rounding goes against the account: collateral rounds down, entry
 and mark prices round to the account's disadvantage, requirements round up, and the liquidation
@@ -344,6 +351,7 @@ def quote(obj: Mapping[str, Any]) -> dict[str, Any]:
         model, pos.size_base_q, pos.size_decimals, fixed_equity, others_mm, pos.entry_notional_quote_q
     )
     equity = collateral + others_upnl + risk.upnl_quote_q
+    gap = _gap_fields(obj.get("gap_risk"), pos, fixed_equity)
     return {
         "preset": preset,
         "margin_mode": mode,
@@ -356,6 +364,25 @@ def quote(obj: Mapping[str, Any]) -> dict[str, Any]:
         "total_maintenance_margin": format_decimal(risk.mm_quote_q + others_mm, QUOTE_DECIMALS),
         "equity": format_decimal(equity, QUOTE_DECIMALS),
         "liquidation_price": None if liq is None else format_decimal(liq, PRICE_DECIMALS),
+        **gap,
+    }
+
+
+def _gap_fields(raw: Any, pos: _Position, fixed_equity_quote_q: int) -> dict[str, Any]:
+    """``bankruptcy_price``, ``gap_probability`` and ``gap_addon`` when the line asks for gap risk."""
+    if raw is None:
+        return {}
+    from fluidmargin.model.config import GapRiskSpec
+    from fluidmargin.risk import gap
+
+    spec = GapRiskSpec.from_dict(raw, "gap_risk")
+    g = gap.position_gap_risk(spec, pos.size_base_q, pos.size_decimals, pos.mark_q, fixed_equity_quote_q)
+    return {
+        "bankruptcy_price": None
+        if g.bankruptcy_price_q is None
+        else format_decimal(g.bankruptcy_price_q, PRICE_DECIMALS),
+        "gap_probability": gap.format_probability(g.probability),
+        "gap_addon": format_decimal(g.addon_quote_q, QUOTE_DECIMALS),
     }
 
 

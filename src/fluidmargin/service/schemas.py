@@ -144,6 +144,25 @@ class AdlRank(BaseModel):
     score: str = Field(description="exact ADL score (a fraction)")
 
 
+class GapRiskView(BaseModel):
+    """Gap risk of a position under its market's jump-diffusion model (floats nowhere: decimal strings)."""
+
+    model: Literal["merton", "kou", "gbm"]
+    probability: DecOut = Field(
+        description="P(the mark touches the bankruptcy price within horizon_s): diffusion barrier crossing plus "
+        "jumps, 12 decimals rounded up"
+    )
+    target: DecOut = Field(description="the probability the add-on keeps the position under")
+    horizon_s: DecOut = Field(description="the liquidation horizon in seconds (oracle latency + detection + execution)")
+    bankruptcy_price: DecOut | None = Field(
+        description="mark at which the bucket's equity is zero, all else held, rounded toward the mark "
+        "(null: a long no positive price bankrupts)"
+    )
+    addon_quote: DecOut = Field(
+        description="extra collateral (quote asset) that brings the probability to the target or under, rounded up"
+    )
+
+
 class PositionView(BaseModel):
     market: str
     side: Literal["long", "short"]
@@ -162,6 +181,10 @@ class PositionView(BaseModel):
     health: DecOut | None = Field(description="isolated: equity - maintenance of the position's bucket")
     status: str = Field(description="the status of the bucket holding it")
     liquidation_price: DecOut | None = Field(description="mark at which its bucket reaches maintenance")
+    gap_risk: GapRiskView | None = Field(
+        description="gap risk under the market's configured model (null: none configured, or no single-position "
+        "bankruptcy price: a portfolio account's perpetual)"
+    )
     adl: AdlRank | None = Field(description="place in the ADL queue (absent in what-if results)")
 
 

@@ -42,24 +42,58 @@ def row_of(eng: Engine, account_id: int) -> int:
 # --- accounts ---------------------------------------------------------------------------------------
 
 
+def _fixed_equity(eng: Engine, p: int, cross_eq: int, pr: margin.PositionRisk | None = None) -> int | None:
+    """Position ``p``'s bucket equity less its value at the mark (None: no single-position price).
+
+    Cross: the bucket's equity less this position's value. Isolated: the position's margin less its
+    cost and funding owed. A portfolio account's perpetual has none (options move with it).
+    """
+    m = eng.markets[int(eng.pos_mkt[p])]
+    if m.mark_q is None or eng.pos_size[p] == 0 or (eng.acct_mode[int(eng.pos_acct[p])] == 2 and not eng.pos_iso[p]):
+        return None
+    if eng.pos_iso[p]:
+        return int(eng.pos_iso_margin[p]) - int(eng.pos_cost[p]) - eng._funding_owed(p)
+    return cross_eq - (eng.position_risk(p) if pr is None else pr).value_quote_q
+
+
 def liquidation_price_q(eng: Engine, p: int, cross_eq: int, cross_mm: int) -> int | None:
     """Mark of position ``p``'s market at which its bucket reaches maintenance, all else held.
 
-    Cross: the bucket's equity less this position's value is fixed, the other positions' maintenance
-    too. Isolated: the position's margin less its cost and funding owed.
+    The equity less this position's value is fixed (:func:`_fixed_equity`), the other positions'
+    maintenance too (cross).
     """
-    m = eng.markets[int(eng.pos_mkt[p])]
-    size = int(eng.pos_size[p])
-    if m.mark_q is None or size == 0 or (eng.acct_mode[int(eng.pos_acct[p])] == 2 and not eng.pos_iso[p]):
-        return None  # a portfolio account has no single-position liquidation price
     pr = eng.position_risk(p)
-    if eng.pos_iso[p]:
-        fixed = int(eng.pos_iso_margin[p]) - int(eng.pos_cost[p]) - eng._funding_owed(p)
-        other_mm = 0
-    else:
-        fixed = cross_eq - pr.value_quote_q
-        other_mm = cross_mm - pr.mm_quote_q
-    return margin.liquidation_price_q(m.spec.margin, size, m.spec.size_decimals, fixed, other_mm)
+    fixed = _fixed_equity(eng, p, cross_eq, pr)
+    if fixed is None:
+        return None
+    m = eng.markets[int(eng.pos_mkt[p])]
+    other_mm = 0 if eng.pos_iso[p] else cross_mm - pr.mm_quote_q
+    return margin.liquidation_price_q(m.spec.margin, int(eng.pos_size[p]), m.spec.size_decimals, fixed, other_mm)
+
+
+def gap_risk_view(eng: Engine, p: int, cross_eq: int, pr: margin.PositionRisk | None = None) -> dict[str, Any] | None:
+    """P(the mark touches position ``p``'s bankruptcy price within the liquidation horizon) and the add-on
+    that keeps it under the target (:mod:`fluidmargin.risk.gap`); None where no gap model is configured
+    for the market or the position has no single-position bankruptcy price."""
+    cfg = eng.cfg.gap_risk
+    if cfg is None:
+        return None
+    m = eng.markets[int(eng.pos_mkt[p])]
+    spec = cfg.spec_for(m.spec.symbol)
+    fixed = _fixed_equity(eng, p, cross_eq, pr) if spec is not None else None
+    if spec is None or fixed is None or m.mark_q is None:
+        return None
+    from fluidmargin.risk import gap
+
+    g = gap.position_gap_risk(spec, int(eng.pos_size[p]), m.spec.size_decimals, m.mark_q, fixed)
+    return {
+        "model": spec.model,
+        "probability": gap.format_probability(g.probability),
+        "target": spec.target,
+        "horizon_s": spec.horizon_s,
+        "bankruptcy_price": px(g.bankruptcy_price_q),
+        "addon_quote": q(g.addon_quote_q),
+    }
 
 
 def position_view(eng: Engine, r: int, p: int, cross_eq: int, cross_mm: int, adl: bool) -> dict[str, Any]:
@@ -91,6 +125,7 @@ def position_view(eng: Engine, r: int, p: int, cross_eq: int, cross_mm: int, adl
         "health": q(eng.iso_risk(p).health_quote_q) if iso else None,
         "status": STATUS_NAMES[status],
         "liquidation_price": px(liquidation_price_q(eng, p, cross_eq, cross_mm)),
+        "gap_risk": gap_risk_view(eng, p, cross_eq, pr),
         "adl": rank,
     }
 
