@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 import pytest
 
 from fluidmargin.model.config import BackstopSpec
+from fluidmargin.model.instruments import OptionSpec
 from fluidmargin.service import ServiceSettings, create_app
 from fluidmargin.service.testing import ServerThread
 from fluidmargin.sim.venues import waterfall_venue
@@ -30,6 +32,9 @@ ARTIFACTS = ROOT / "out" / "test-artifacts"
 CHROMIUM = os.environ.get("FLUIDMARGIN_CHROMIUM", "/usr/bin/chromium")
 ADMIN = "fm_browser-test-admin"
 TIMEOUT_MS = 30_000
+NS = 10**9
+EXP = (time.time_ns() // (3600 * NS) + 30 * 24) * 3600 * NS  # ~30 days after the service clock (wall time)
+C60, P40 = "BTC-C-60000", "BTC-P-40000"
 
 
 def _chromium() -> str:
@@ -53,7 +58,14 @@ def test_dashboard_shows_live_liquidation_in_chromium(tmp_path: Path) -> None:
     except ImportError as e:  # a dev dependency: `pip install -e '.[dev]'`
         pytest.fail(f"the browser test needs the playwright package: {e}")
 
-    cfg = dataclasses.replace(waterfall_venue(), backstop=BackstopSpec(withdrawal_delay_ns=1))
+    cfg = dataclasses.replace(
+        waterfall_venue(),
+        backstop=BackstopSpec(withdrawal_delay_ns=1),
+        options=(
+            OptionSpec(C60, "BTC", 60_000 * 10**8, EXP, "call"),
+            OptionSpec(P40, "BTC", 40_000 * 10**8, EXP, "put"),
+        ),
+    )
     app = create_app(ServiceSettings(db=tmp_path / "log.db", config=cfg, admin_key=ADMIN))
     with (
         ServerThread(app) as url,
@@ -66,6 +78,18 @@ def test_dashboard_shows_live_liquidation_in_chromium(tmp_path: Path) -> None:
         acct = _ok(c.post("/v1/accounts", json={}), 201)["account_id"]
         _ok(c.post(f"/v1/accounts/{acct}/deposits", json={"amount": "3100"}))
         _ok(c.post(f"/v1/accounts/{acct}/fills", json={"market": "ETH-PERP", "size": "10", "price": "3000"}))
+        # options: a vol for the 60,000 call (the put has none), and a portfolio account long the call
+        # against a portfolio counterparty
+        vol = {"underlying": "BTC", "expiry_ns": EXP, "strike": "60000", "vol": "0.65"}
+        _ok(c.post("/v1/vols", json=vol, headers=as_pub))
+        pm = []
+        for usd in ("1000000", "20000"):
+            a = _ok(c.post("/v1/accounts", json={}), 201)["account_id"]
+            _ok(c.post(f"/v1/accounts/{a}/deposits", json={"amount": usd}))
+            _ok(c.put(f"/v1/accounts/{a}/margin-mode", json={"mode": "portfolio"}))
+            pm.append(a)
+        for a, size in ((pm[1], "1.5"), (pm[0], "-1.5")):
+            _ok(c.post(f"/v1/accounts/{a}/fills", json={"market": C60, "size": size, "price": "1000"}))
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
@@ -82,6 +106,25 @@ def test_dashboard_shows_live_liquidation_in_chromium(tmp_path: Path) -> None:
                 expect(page.get_by_test_id("seq")).to_have_text(re.compile(r"^\d+$"), timeout=TIMEOUT_MS)
                 seq_before = int(page.get_by_test_id("seq").inner_text())
                 expect(page.get_by_test_id("markets")).to_contain_text("ETH-PERP", timeout=TIMEOUT_MS)
+
+                # the option markets panel: one row per series, the call with its vol and model price
+                call = page.locator(f"#options tr[data-symbol='{C60}']")
+                expect(call).to_contain_text("65 %", timeout=TIMEOUT_MS)
+                expect(call).to_contain_text("60,000")
+                expect(page.locator(f"#options tr[data-symbol='{P40}']")).to_contain_text("–")  # no vol yet
+                # the scenario matrix of the account typed in: 31 PM2 scenarios, the worst highlighted
+                page.get_by_test_id("pf-account").fill(str(pm[1]))
+                page.get_by_test_id("pf-form").locator("button").click()
+                expect(page.get_by_test_id("pf-summary")).to_contain_text("(portfolio)", timeout=TIMEOUT_MS)
+                expect(page.locator("#pf table.scen tr")).to_have_count(32)  # a header and 31 scenarios
+                pf = _ok(c.get(f"/v1/accounts/{pm[1]}/portfolio"))
+                (btc,) = pf["underlyings"]
+                if btc["worst_index"] is None:  # the basis contingency is worst: no row to highlight
+                    expect(page.get_by_test_id("pf-worst")).to_contain_text("basis")
+                else:
+                    worst = page.get_by_test_id("pf-worst-row")
+                    expect(worst).to_have_count(1)
+                    expect(worst.locator("td").first).to_have_text(str(btc["worst_index"]))
 
                 # after the page is open: more prices, then a crash that liquidates the account
                 _ok(c.post("/v1/prices", json={"asset": "BTC", "price": "50100"}, headers=as_pub))

@@ -218,6 +218,41 @@ def test_a_hedged_book_needs_less_margin_in_portfolio_mode(desk: Desk, perp: str
     assert both.im_quote_q > 0  # never free: contingencies and the vol shocks remain
 
 
+def test_a_btc_long_hedged_by_an_eth_short_nets_across_underlyings_above_the_floor(desk: Desk) -> None:
+    # State: alice (portfolio) long 1 BTC perp @ 50,000 and short 15 ETH perp @ 3,000 (45,000 notional);
+    # account 3 holds the BTC leg alone, account 4 the ETH leg alone (each portfolio, 100,000 USD)
+    d = desk
+    d.deposit(ALICE, usd(100_000))
+    for aid in (3, 4):
+        d.open(aid, 100_000)
+        assert not rejected(mode(d, aid, "portfolio"))
+    for who, market, size, price in (
+        (ALICE, "BTC-PERP", base(1), 50_000), (ALICE, "ETH-PERP", -base(15), 3_000),
+        (3, "BTC-PERP", base(1), 50_000), (4, "ETH-PERP", -base(15), 3_000),
+    ):  # fmt: skip
+        assert not rejected(d.fill(who, market, size, px(price), leverage=10))
+    # Parameters: PM2 (MM loss factor 0.8, IM 1.0; perp contingency 1.5 % MM, 2 % IM; worst spot move
+    # +-18 %), CROSS_ASSET: BTC/ETH offset 0.7, floor 0.5 x the largest scaled loss + contingencies
+    both, btc, eth = figures(d, ALICE), figures(d, 3), figures(d, 4)
+    # Expectations, standalone: BTC loss 0.18 x 50,000 = 9,000 -> MM 0.8 x 9,000 + 750 = 7,950;
+    # ETH loss 0.18 x 45,000 = 8,100 -> MM 0.8 x 8,100 + 675 = 7,155 (sum 15,105)
+    assert btc.mm_quote_q == pytest.approx(usd(7_950), abs=2)
+    assert eth.mm_quote_q == pytest.approx(usd(7_155), abs=2)
+    # netted: moving together the legs lose at most 5,000 x 0.18 = 900 (co-moving loss); credit
+    # 0.7 x (9,000 + 8,100 - 900) = 11,340; MM = 0.8 x (17,100 - 11,340) + 1,425 = 6,033
+    assert both.cross is not None
+    assert both.cross.offset_credit_quote == pytest.approx(11_340, rel=1e-12)
+    assert both.mm_quote_q == pytest.approx(usd(6_033), abs=2)
+    # IM = 1.0 x (17,100 - 11,340) + 1,900 = 7,660 (standalone 10,000 + 9,000)
+    assert both.im_quote_q == pytest.approx(usd(7_660), abs=2)
+    # floor: 0.5 x max(0.8 x 9,000, 0.8 x 8,100) + 1,425 = 5,025 <= 6,033 < 15,105
+    assert both.cross.floor_maintenance_quote == pytest.approx(5_025, rel=1e-12)
+    assert usd(5_025) <= both.mm_quote_q < btc.mm_quote_q + eth.mm_quote_q
+    assert both.im_quote_q < btc.im_quote_q + eth.im_quote_q
+    # the engine's risk is the netted one (health = equity - 6,033)
+    assert d.cross(ALICE).mm_quote_q == both.mm_quote_q
+
+
 # --- time and prices -----------------------------------------------------------------------------------
 
 
@@ -402,6 +437,15 @@ def test_two_runs_give_the_same_state_hash(screen: str) -> None:
 def test_incremental_and_reference_screens_agree() -> None:
     a, b = make_desk(), make_desk()
     b.eng.screen = "reference"
+    _script(a)
+    _script(b)
+    assert a.eng.state_hash() == b.eng.state_hash()
+
+
+def test_portfolio_screening_on_and_off_agree() -> None:
+    # the delta-gamma screen only decides which portfolio accounts a tick revalues: never the outcome
+    a, b = make_desk(), make_desk()
+    b.eng.opt.screening = False
     _script(a)
     _script(b)
     assert a.eng.state_hash() == b.eng.state_hash()

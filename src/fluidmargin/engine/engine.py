@@ -1229,9 +1229,9 @@ class Engine:
             touched.extend(self._remargin(m))
         for c in self.coll_of_asset[asset]:
             touched.extend(self._remargin_collateral(c))
-        # portfolio accounts: a full revaluation on every tick of an asset they hold (the float screen
-        # above knows only tiered maintenance); the seam for risk.pm_batch's delta-gamma screen
-        touched.extend(Bucket(r) for r in self.opt.rows_exposed(asset))
+        # portfolio accounts: the delta-gamma screen of engine.options decides which to revalue in full
+        # (the float screen above knows only tiered maintenance)
+        touched = self.opt.screen(asset, touched)
         self._evaluate(touched, out)
         if self.wf.auctions:
             self.wf.poll({m.i for m in self.markets_of_asset[asset]}, out)
@@ -1274,7 +1274,7 @@ class Engine:
         touched.extend(Bucket(r) for r in np.flatnonzero(self.status[:n] == LIQUIDATING).tolist())
         iso = np.flatnonzero((self.pos_status[:k] == LIQUIDATING) & (self.pos_size[:k] != 0) & (self.pos_iso[:k] == 1))
         touched.extend(Bucket(int(self.pos_acct[p]), p) for p in iso.tolist())
-        touched.extend(Bucket(r) for r in self.opt.rows_exposed(None))  # theta: options lose time value
+        touched = self.opt.screen(None, touched)  # theta: options lose time value (screened, as on a tick)
         self._evaluate(touched, out)
         self.wf.poll(None, out)
         self._evaluate([], out)

@@ -14,17 +14,32 @@ model of :mod:`fluidmargin.risk.portfolio`; its figures enter the integer state 
 favour: an option's mark value rounds down (longs worth less, shorts owe more), requirements round up.
 
 The margin of a portfolio account is :func:`risk.portfolio.portfolio_margin` per underlying (its perps
-and options), summed over underlyings (no cross-asset netting yet: that is the seam for
-``risk.pm_batch``); the forward is the underlying's index and the rate zero.
+and options; the forward is the underlying's index, the rate zero), netted across underlyings by
+:func:`risk.portfolio.cross_portfolio_margin` with the preset's :data:`CROSS_ASSET` offsets and floor.
 
 A portfolio account that holds a series without a published vol (or whose underlying has no index)
 cannot be valued: it is *blocked* (a ``ValuationChanged`` event says so and why). A blocked account
 opens no new risk, withdraws nothing, switches no mode and is not liquidated (as with an oracle that
 forbids liquidating); it is re-valued on every vol, price and clock event until it can be again.
+
+Screening (:meth:`OptionBook.screen`, the seam in ``Engine._on_index`` / ``_on_ClockAdvanced``). On a
+price tick or a clock event, a HEALTHY, unblocked portfolio account is *not* revalued when
+:func:`risk.pm_batch.pm_delta_gamma_tick` certifies that it stays HEALTHY: the screen's lower bound of
+``equity - (1 + at_risk_buffer) x maintenance`` (the margin of the preset with its maintenance factors
+scaled by 1 + buffer) is >= 0 once every difference between the screen's model and the engine's exact
+figures is charged against it (see :class:`_RowScreen`). Everything else is revalued in full: any other
+status, a blocked account, a spot move beyond :data:`PM_SCREEN`'s bound or more time than its bound since
+the screen's last full revaluation, and any change of the account's positions or vols (its screen key);
+in the last three cases the screen is rebuilt (a full screen revaluation) at the new spot and time.
+The screen only decides *whether* to revalue: a skipped account would have kept its status and emitted
+nothing, so the state and its hash never depend on it (``Engine(screen="reference")`` or
+``OptionBook.screening = False`` revalue every exposed account: the twins the tests compare against).
+Liquidation decisions always come from a full revaluation (``Engine._evaluate``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +50,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.model.instruments import OptionSpec
 from fluidmargin.risk import margin
 from fluidmargin.risk import oracle as orc
+from fluidmargin.risk import pm_batch as pmb
 from fluidmargin.risk import portfolio as pm
 from fluidmargin.risk.options import black76_greeks, black76_price, year_fraction
 from fluidmargin.risk.volsurface import DEFAULT_MAX_VOL, point_reason
@@ -45,9 +61,24 @@ if TYPE_CHECKING:
 STANDARD, ISOLATED, PORTFOLIO = 0, 1, 2
 MODE_NAMES = ("standard", "isolated", "portfolio")
 PM_PARAMS: dict[str, pm.PortfolioMarginParams] = {"derive_pm2": pm.DERIVE_PM2}
+CROSS_ASSET: dict[str, pm.CrossAssetParams] = {
+    # BTC/ETH: 70 % of the pair's co-movement netting is credited. Their daily returns have been ~0.8-0.9
+    # correlated; 0.7 keeps a haircut for the days they decouple. Any pair not listed nets nothing.
+    # Floor: a netted account never needs less than half of its largest single-underlying scaled loss
+    # (plus every contingency), however well the offsets hedge it.
+    "derive_pm2": pm.CrossAssetParams(offset_rates=(("BTC", "ETH", 0.7),), floor_fraction=0.5),
+}
+PM_SCREEN: dict[str, pmb.ScreenParams] = {
+    # between full revaluations a spot move of at most 2 % and at most 60 s of event time; beyond
+    # either, the account is revalued in full (the screen's curvature and theta bounds hold inside them)
+    "derive_pm2": pmb.ScreenParams(move_bound=0.02, time_bound_s=60),
+}
 VOL_DECIMALS = 6  # vols are stored in ppm (0.65 -> 650_000)
 _CACHE_MAX = 4096
 _QUOTE_SCALE_F: float = float(QUOTE_SCALE)
+_SLACK_MULT = 100.0  # x the screen's own float slack (1e-9 of gross): covers the batch-vs-reference twin gap
+_SQRT_1S_YEARS = math.sqrt(1.0 / pm.SECONDS_PER_YEAR)
+_PHI0 = 1.0 / math.sqrt(2.0 * math.pi)  # the normal density's peak
 
 
 @dataclass(slots=True)
@@ -75,7 +106,7 @@ class OptionValue:
 
 @dataclass(slots=True)
 class PortfolioFigures:
-    """A portfolio account's exact figures and the float model's results per underlying."""
+    """A portfolio account's exact figures and the float model's results per underlying (and netted)."""
 
     equity_quote_q: int
     mm_quote_q: int
@@ -83,6 +114,54 @@ class PortfolioFigures:
     blocked: str
     options: list[OptionValue] = field(default_factory=list)
     results: dict[str, pm.PortfolioMarginResult] = field(default_factory=dict)
+    cross: pm.CrossPortfolioMarginResult | None = None  # the netted requirements (None: nothing held)
+
+
+# mm, im, blocked, option values, per-underlying results, netted result
+_Valued = tuple[
+    int, int, str, list[OptionValue], dict[str, pm.PortfolioMarginResult], pm.CrossPortfolioMarginResult | None
+]
+
+
+@dataclass(slots=True)
+class _Leg:
+    """One underlying of a screened account: the screen's state (one account) and how to correct it.
+
+    The screen's book holds the perp (``perp_amount`` contracts, reference price ``perp_ref``) and the
+    options, no cash: the exact collateral and perp P&L are added back on every tick instead.
+    """
+
+    asset: str
+    state: pmb.PmScreenState
+    spot_ref: float
+    perp_amount: float
+    perp_ref: float
+    perp_dev_rate: float  # (1 + buffer) x mm loss factor x |perp| x max |(shock - 1) x dampening|
+
+
+@dataclass(slots=True)
+class _RowScreen:
+    """A portfolio account's screen, valid while its key (positions, vols, buffer) is unchanged.
+
+    It certifies ``E - (1 + b) R >= (n_options + 1 + b) / QUOTE_SCALE`` where E is the exact equity before
+    rounding and R the netted maintenance requirement: then ``equity x PPM >= (PPM + buffer) x maintenance``
+    for the rounded figures (options floor, requirement ceil) and the account stays HEALTHY. A lower bound
+    of ``E - (1 + b) R`` on a tick is, since R <= the sum of the standalone requirements (netting only
+    takes off, its floor is below that sum): the exact collateral and perp P&L, plus per underlying the
+    screen's certified lower bound of its scaled margin, less the screen's own perp P&L (replaced by the
+    exact one), less three model-vs-engine allowances --
+
+    * the perp's mark is the engine's, not the screen's (reference perp x spot ratio): the requirement
+      moves by at most ``perp_dev_rate x |mark - screen's perp price|``;
+    * the reference model counts whole seconds to expiry: one more second of the screen's theta bound;
+    * the engine values options at the exact time (ns): ``|dV| <= |n| F phi(0) vol |sqrt(t) - sqrt(t')|``
+      per option, and the rounding quanta, and 100 x the screen's float slack (``const_quote``).
+    """
+
+    key: tuple[Any, ...]
+    ts_ns: int
+    legs: list[_Leg]
+    const_quote: float
 
 
 def _floor_q(x: float) -> int:
@@ -105,7 +184,14 @@ class OptionBook:
         self.blocked: dict[int, str] = {}  # portfolio row -> why it cannot be valued
         self.pm_rows: set[int] = set()  # rows in portfolio mode (a projection of eng.acct_mode)
         self.params = PM_PARAMS[eng.cfg.portfolio_margin]
-        self._cache: dict[Any, tuple[int, int, str, list[OptionValue], dict[str, pm.PortfolioMarginResult]]] = {}
+        self.cross_params = CROSS_ASSET[eng.cfg.portfolio_margin]
+        self.screen_params = PM_SCREEN[eng.cfg.portfolio_margin]
+        self._cache: dict[Any, _Valued] = {}
+        # the delta-gamma screen: a cache, never state (rebuilt from exact state after a restore)
+        self.screening = True  # False: revalue every exposed account on every tick (the twin)
+        self._screens: dict[int, _RowScreen] = {}
+        self._scaled: dict[int, pm.PortfolioMarginParams] = {}  # at-risk buffer (ppm) -> scaled preset
+        self.screen_stats = {"screened": 0, "revalued": 0, "rebuilt": 0}  # accounts, over ticks (for benches)
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -144,10 +230,10 @@ class OptionBook:
 
     # --- valuation --------------------------------------------------------------------------------
 
-    def figures(self, r: int) -> PortfolioFigures:
-        """Exact equity (collateral + perp PnL + option values, rounded down) and PM requirements (up)."""
+    def _perps(self, r: int) -> tuple[int, dict[str, tuple[float, float]], list[tuple[int, int, int | None]]]:
+        """Exact perp P&L of row ``r`` (quote quantums), per underlying (contracts, mark), and its perps."""
         eng = self.eng
-        eq = sum(eng.collateral_value_quote_q(c, int(eng.bal[r, c])) for c in range(len(eng.coll)))
+        upnl = 0
         perps: dict[str, tuple[float, float]] = {}
         key_perps = []
         for p in eng.positions_of(r):
@@ -155,12 +241,20 @@ class OptionBook:
             if size == 0 or eng.pos_iso[p]:
                 continue
             m = eng.markets[int(eng.pos_mkt[p])]
-            eq += eng.position_risk(p).upnl_quote_q
+            upnl += eng.position_risk(p).upnl_quote_q
             a = m.spec.base_asset
             amt, _px = perps.get(a, (0.0, 0.0))
             mark = float(m.mark_q or 0) / PRICE_SCALE
             perps[a] = (amt + size / 10**m.spec.size_decimals, mark)
             key_perps.append((m.i, size, m.mark_q))
+        return upnl, perps, key_perps
+
+    def figures(self, r: int) -> PortfolioFigures:
+        """Exact equity (collateral + perp PnL + option values, rounded down) and PM requirements (up)."""
+        eng = self.eng
+        eq = sum(eng.collateral_value_quote_q(c, int(eng.bal[r, c])) for c in range(len(eng.coll)))
+        upnl, perps, key_perps = self._perps(r)
+        eq += upnl
         opts = self.positions(r)
         key = (
             eng.now_ns,
@@ -174,12 +268,15 @@ class OptionBook:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[key] = hit
-        mm, im, blocked, values, results = hit
-        return PortfolioFigures(eq + sum(v.value_quote_q for v in values), mm, im, blocked, list(values), dict(results))
+        mm, im, blocked, values, results, cross = hit
+        return PortfolioFigures(
+            eq + sum(v.value_quote_q for v in values), mm, im, blocked, list(values), dict(results), cross
+        )
 
-    def _value(
+    def _portfolios(
         self, perps: dict[str, tuple[float, float]], opts: list[tuple[_Series, int]]
-    ) -> tuple[int, int, str, list[OptionValue], dict[str, pm.PortfolioMarginResult]]:
+    ) -> tuple[str, list[OptionValue], dict[str, pm.Portfolio]]:
+        """The model's portfolio per underlying (no cash: equity is exact), option values, or why blocked."""
         eng = self.eng
         blocked = ""
         values: list[OptionValue] = []
@@ -209,10 +306,8 @@ class OptionBook:
             by_asset.setdefault(spec.underlying, {}).setdefault(sec, []).append(
                 pm.OptionHolding(k, spec.is_call, amount, v)
             )
-        mm = im = 0
-        results: dict[str, pm.PortfolioMarginResult] = {}
+        portfolios: dict[str, pm.Portfolio] = {}
         if not blocked:
-            # one underlying at a time, summed: the seam for risk.pm_batch's cross-asset netting
             for a in sorted(set(by_asset) | set(perps)):
                 index = eng.index_q.get(a)
                 if index is None:
@@ -223,21 +318,168 @@ class OptionBook:
                 expiries = tuple(
                     pm.ExpiryHolding(sec, spot, 0.0, tuple(hs)) for sec, hs in sorted(by_asset.get(a, {}).items())
                 )
-                res = pm.portfolio_margin(
-                    pm.Portfolio(spot_price=spot, perp_amount=amt, perp_price=mark or spot, expiries=expiries),
-                    self.params,
+                portfolios[a] = pm.Portfolio(
+                    spot_price=spot, perp_amount=amt, perp_price=mark or spot, expiries=expiries
                 )
+        return blocked, values, portfolios
+
+    def _cross_for(self, assets: tuple[str, ...]) -> pm.CrossAssetParams:
+        """The preset's offsets restricted to the pairs an account holds (the model refuses any other)."""
+        c = self.cross_params
+        held = set(assets)
+        rates = tuple((a, b, x) for a, b, x in c.offset_rates if a in held and b in held)
+        return pm.CrossAssetParams(offset_rates=rates, floor_fraction=c.floor_fraction)
+
+    def _value(self, perps: dict[str, tuple[float, float]], opts: list[tuple[_Series, int]]) -> _Valued:
+        blocked, values, portfolios = self._portfolios(perps, opts)
+        mm = im = 0
+        results: dict[str, pm.PortfolioMarginResult] = {}
+        cross = None
+        if not blocked and portfolios:
+            # each underlying stressed alone, then netted by the preset's correlation offsets (never below its floor)
+            cross = pm.cross_portfolio_margin(portfolios, self.params, self._cross_for(tuple(sorted(portfolios))))
+            for a, res in cross.by_underlying:
                 if not (
                     math.isfinite(res.maintenance_requirement_quote) and math.isfinite(res.initial_requirement_quote)
                 ):
                     blocked = f"the portfolio model gave no finite requirement for {a}"
                     break
                 results[a] = res
-                mm += _ceil_q(res.maintenance_requirement_quote)
-                im += _ceil_q(res.initial_requirement_quote)
+            if not blocked and not (
+                math.isfinite(cross.maintenance_requirement_quote) and math.isfinite(cross.initial_requirement_quote)
+            ):
+                blocked = "the portfolio model gave no finite netted requirement"
+            if not blocked:
+                mm = _ceil_q(cross.maintenance_requirement_quote)
+                im = _ceil_q(cross.initial_requirement_quote)
         if blocked:
             mm = im = 0
-        return mm, im, blocked, values, results
+            cross = None
+        return mm, im, blocked, values, results, cross
+
+    # --- the delta-gamma screen (see the module docstring and _RowScreen) ----------------------------------
+
+    def screen(self, asset: str | None, touched: list[Bucket]) -> list[Bucket]:
+        """The buckets to confirm exactly on a tick of ``asset`` (a clock event: None).
+
+        ``touched`` (what the perp and collateral screens flagged) plus every portfolio row exposed to the
+        tick, less the portfolio rows the delta-gamma screen certifies stay HEALTHY (none with screening off).
+        """
+        from fluidmargin.engine.engine import Bucket
+
+        exposed = self.rows_exposed(asset)
+        if not self.screening or self.eng.screen == "reference":
+            return touched + [Bucket(r) for r in exposed]
+        rows = sorted(set(exposed) | {b.row for b in touched if b.pos < 0 and b.row in self.pm_rows})
+        skip = {r for r in rows if self._stays_healthy(r)}
+        self.screen_stats["screened"] += len(skip)
+        self.screen_stats["revalued"] += len(rows) - len(skip)
+        return [b for b in touched if b.pos >= 0 or b.row not in skip] + [Bucket(r) for r in exposed if r not in skip]
+
+    def _stays_healthy(self, r: int) -> bool:
+        """Whether the screen certifies that row ``r``, evaluated now, would stay HEALTHY (no event)."""
+        from fluidmargin.engine.state import HEALTHY
+
+        eng = self.eng
+        if eng.status[r] != HEALTHY or r in self.blocked:
+            return False
+        upnl, perps, key_perps = self._perps(r)
+        opts = self.positions(r)
+        key = (
+            eng.cfg.at_risk_buffer_ppm,
+            tuple((i, size) for i, size, _mark in key_perps),
+            tuple((s.i, n, self.vol_ppm(s)) for s, n in opts),
+        )
+        sc = self._screens.get(r)
+        now = eng.now_ns
+        # a change other than spot and time (or no screen yet), or past the time bound
+        expired = sc is None or sc.key != key or not 0 <= now - sc.ts_ns <= self.screen_params.time_bound_s * NS_PER_S
+        lows: list[tuple[_Leg, float, float]] = []
+        if sc is not None and not expired:
+            for leg in sc.legs:
+                index = eng.index_q.get(leg.asset)
+                if index is None:
+                    return False
+                spot = index / PRICE_SCALE
+                tick = pmb.pm_delta_gamma_tick(leg.state, spot, now)
+                if tick.reason[0] in (pmb.REASON_MOVE, pmb.REASON_TIME):
+                    expired = True  # beyond the screen's bounds
+                    break
+                lows.append((leg, spot, float(tick.mm_lower_quote[0])))
+        if sc is None or expired:
+            # a full revaluation now, and a new screen from here
+            self._screens.pop(r, None)
+            built = self._build_screen(key, perps, opts)
+            if built is not None:
+                self._screens[r] = built
+            self.screen_stats["rebuilt"] += 1
+            return False
+        exact_q = upnl + sum(eng.collateral_value_quote_q(c, int(eng.bal[r, c])) for c in range(len(eng.coll)))
+        low = exact_q / _QUOTE_SCALE_F
+        low -= 1e-12 * abs(low) + sc.const_quote
+        for leg, spot, lo in lows:
+            theta_1s = float(leg.state.theta_bound_per_s[0])  # the reference counts whole seconds
+            if not (math.isfinite(lo) and math.isfinite(theta_1s)):
+                return False
+            perp_model = leg.perp_ref * spot / leg.spot_ref  # the screen's perp follows spot
+            mark = perps.get(leg.asset, (0.0, 0.0))[1] or spot  # the engine's (as in figures)
+            low += lo - leg.perp_amount * (perp_model - leg.perp_ref)  # the exact perp P&L is in exact_q
+            low -= leg.perp_dev_rate * abs(mark - perp_model) + theta_1s
+        return low >= 0.0
+
+    def _scaled_params(self, buffer_ppm: int) -> pm.PortfolioMarginParams:
+        """The preset with every maintenance term x (1 + buffer): its margin is ``mtm - (1 + b) R``."""
+        p = self._scaled.get(buffer_ppm)
+        if p is None:
+            k = 1.0 + buffer_ppm / PPM
+            base = self.params
+            p = dataclasses.replace(
+                base,
+                margin=dataclasses.replace(base.margin, mm_loss_factor=base.margin.mm_loss_factor * k),
+                contingency=dataclasses.replace(
+                    base.contingency, perp_mm=base.contingency.perp_mm * k, option_mm=base.contingency.option_mm * k
+                ),
+            )
+            self._scaled[buffer_ppm] = p
+        return p
+
+    def _build_screen(
+        self, key: tuple[Any, ...], perps: dict[str, tuple[float, float]], opts: list[tuple[_Series, int]]
+    ) -> _RowScreen | None:
+        """A full screen revaluation of the account now (None: it cannot be screened; revalued every tick)."""
+        eng = self.eng
+        blocked, _values, portfolios = self._portfolios(perps, opts)
+        if blocked:
+            return None
+        buffer_ppm = int(key[0])
+        params = self._scaled_params(buffer_ppm)
+        b = float(self.screen_params.move_bound)
+        window_s = self.screen_params.time_bound_s + 2  # + the reference's whole second, + 1 to spare
+        bounds = pmb.ScreenParams(move_bound=b, time_bound_s=window_s, threshold_quote=0.0)
+        perp_k = max(abs((sc.spot_shock - 1.0) * sc.dampening) for sc in params.scenarios)
+        const = (len(opts) + 1 + buffer_ppm / PPM) / _QUOTE_SCALE_F  # options round down, the requirement up
+        legs = []
+        for a, pf in sorted(portfolios.items()):
+            try:
+                market, book = pmb.batch_from_portfolio(pf)
+                _res, st = pmb.pm_screen_reval(market, book, params, bounds, eng.now_ns)
+            except ValidationError:
+                return None
+            legs.append(
+                _Leg(a, st, pf.spot_price, pf.perp_amount, pf.perp_price,
+                     params.margin.mm_loss_factor * abs(pf.perp_amount) * perp_k)
+            )  # fmt: skip
+            const += _SLACK_MULT * float(st.slack_quote[0])
+            f_max = pf.spot_price * (1.0 + b)
+            for e in pf.expiries:
+                # the engine's option values use the exact time, the model whole seconds (< 1 s apart):
+                # V depends on time through vol sqrt(t) only (rate 0), with dV / d(vol sqrt(t)) = F phi(d1)
+                t_min = (e.sec_to_expiry_s - window_s) / pm.SECONDS_PER_YEAR
+                d_sqrt = _SQRT_1S_YEARS
+                if t_min > 0:
+                    d_sqrt = min(d_sqrt, 1.0 / pm.SECONDS_PER_YEAR / (2.0 * math.sqrt(t_min)))
+                const += sum(abs(o.amount) * o.vol for o in e.options) * _PHI0 * f_max * d_sqrt
+        return _RowScreen(key, eng.now_ns, legs, const)
 
     def update_blocked(self, r: int, out: list[ev.Event]) -> str:
         """Re-check whether portfolio row ``r`` can be valued; emit a ValuationChanged on a change."""

@@ -9,6 +9,12 @@
 //        {seq, records: [{seq, type, events: [wire events]}]}: every log record up to seq this key may see
 //        (wire events as the API renders them: quantums as decimal strings). On reconnect it resumes
 //        from the last message's seq + 1, so nothing is missed or repeated.
+//   GET  v1/options -> [{symbol, underlying, right, strike, expiry_ns, index_price, mark_vol, mark_price, delta,
+//        gamma, vega, theta, open_interest, settled, settlement_price}]: the option markets panel
+//   GET  v1/accounts/{id}/portfolio -> {margin_mode, valuation_blocked, equity, maintenance_margin,
+//        initial_margin, health, total: {delta, gamma, vega, theta}, underlyings: [{underlying, spot, worst_kind,
+//        worst_index, worst_pnl, maintenance_requirement, scenarios: [{index, kind, spot_shock, vol_shock,
+//        dampening, pnl}]}]}: the scenario matrix of the account typed in (worst scenario highlighted)
 // The API key comes from the page address: /#key=... (or ?key=...).
 "use strict";
 
@@ -195,12 +201,79 @@ function connect() {
   };
 }
 
+// --- options and portfolio margin ---------------------------------------------------------------------
+
+const OPTION_COLS = ["series", "right", "strike", "expiry (UTC)", "mark vol", "index", "model price", "delta", "gamma",
+  "vega", "theta / day", "open interest"];
+
+function expiry(ns) { return new Date(Number(ns) / 1e6).toISOString().slice(0, 16).replace("T", " "); }
+function shock(x) { const p = (Number(x) - 1) * 100; return (p > 0 ? "+" : "") + fmt(p, 1) + " %"; }
+function dash(x, d) { return x === null || x === undefined ? "–" : fmt(x, d); }
+
+async function refreshOptions() {
+  try {
+    const opts = await api("v1/options");
+    const t = $("options");
+    if (!opts.length) { t.innerHTML = `<tr><td class="dim">no option series listed</td></tr>`; return; }
+    t.innerHTML = "<tr>" + OPTION_COLS.map((c) => `<th>${c}</th>`).join("") + "</tr>";
+    for (const o of opts) {
+      const vol = o.mark_vol === null ? "–" : fmt(Number(o.mark_vol) * 100, 2) + " %";
+      const price = o.settled ? "settled @ " + fmt(o.settlement_price) : dash(o.mark_price, 2);
+      t.insertAdjacentHTML("beforeend", `<tr data-symbol="${esc(o.symbol)}"><td>${esc(o.symbol)}</td><td>${esc(o.right)}</td>` +
+        `<td>${fmt(o.strike)}</td><td>${expiry(o.expiry_ns)}</td><td>${vol}</td><td>${dash(o.index_price, 2)}</td>` +
+        `<td>${price}</td><td>${dash(o.delta, 4)}</td><td>${dash(o.gamma, 8)}</td><td>${dash(o.vega, 2)}</td>` +
+        `<td>${dash(o.theta, 2)}</td><td>${fmt(o.open_interest, 4)}</td></tr>`);
+    }
+  } catch (e) {
+    $("error").textContent = String(e.message || e);
+  }
+}
+
+let pfAccount = "";
+async function refreshPortfolio() {
+  if (!pfAccount) return;
+  const out = $("pf"), sum = $("pf_summary");
+  let p;
+  try {
+    p = await api(`v1/accounts/${encodeURIComponent(pfAccount)}/portfolio`);
+  } catch (e) {
+    sum.textContent = "account " + pfAccount + ": " + String(e.message || e);
+    out.innerHTML = "";
+    return;
+  }
+  sum.textContent = `account ${p.account_id} (${p.margin_mode}): equity ${fmt(p.equity)}, maintenance ${fmt(p.maintenance_margin)}, ` +
+    `initial ${fmt(p.initial_margin)}, health ${fmt(p.health)}; delta ${fmt(p.total.delta, 4)}, gamma ${fmt(p.total.gamma, 8)}, ` +
+    `vega ${fmt(p.total.vega)}, theta/day ${fmt(p.total.theta)}` + (p.valuation_blocked ? " — valuation blocked: " + p.valuation_blocked : "");
+  let html = p.underlyings.length ? "" : `<p class="dim">no positions valued with the portfolio model</p>`;
+  for (const u of p.underlyings) {
+    const worst = u.worst_index === null ? `the basis contingency (${fmt(u.worst_pnl)})`
+      : `#${u.worst_index} ${esc(u.worst_kind)} (${fmt(u.worst_pnl)})`;
+    html += `<div class="pfhead" data-underlying="${esc(u.underlying)}">${esc(u.underlying)} at ${fmt(u.spot)}: worst <b data-testid="pf-worst">${worst}</b>, ` +
+      `maintenance requirement ${fmt(u.maintenance_requirement)}, initial ${fmt(u.initial_requirement)}</div>`;
+    html += `<table class="scen"><tr><th>#</th><th>kind</th><th>spot shock</th><th>vol shock</th><th>dampening</th><th>P&amp;L</th></tr>`;
+    for (const s of u.scenarios) {
+      const cls = s.index === u.worst_index ? ` class="worst" data-testid="pf-worst-row"` : "";
+      html += `<tr${cls}><td>${s.index}</td><td>${esc(s.kind)}</td><td>${shock(s.spot_shock)}</td>` +
+        `<td>${esc(s.vol_shock)}</td><td>${fmt(s.dampening, 4)}</td><td>${fmt(s.pnl)}</td></tr>`;
+    }
+    html += "</table>";
+  }
+  out.innerHTML = html;
+}
+
 async function main() {
   state.prices = lineChart($("prices"), [], 240);
   if (!KEY) $("error").textContent = "no API key: open the page as /#key=<API key>";
+  $("pf_form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    pfAccount = $("pf_account").value.trim();
+    refreshPortfolio();
+  });
   await refresh();
+  refreshOptions();
   connect();
   setInterval(refresh, 1000);
+  setInterval(() => { refreshOptions(); refreshPortfolio(); }, 2000);
   setInterval(redraw, REDRAW_MS);
 }
 main();
