@@ -23,7 +23,7 @@ def ingest_cmd(log: Path, events: int = EVENTS) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "fluidmargin.store.ingest",
+        "fluidmargin.sim.ingest",
         "--log",
         str(log),
         "--events",

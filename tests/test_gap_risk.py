@@ -28,6 +28,7 @@ from conftest import shared_path
 from fluidmargin.cli.main import app as cli_app
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS
+from fluidmargin.engine import Engine
 from fluidmargin.model.config import EngineConfig, GapRiskConfig, GapRiskSpec
 from fluidmargin.risk import gap, jumps
 from fluidmargin.risk.quote import quote, quote_line
@@ -237,11 +238,11 @@ def test_config_refuses_unknown_market_and_empty_gap_risk() -> None:
     with pytest.raises(ValidationError, match=r"gap_risk.eta_up: must be in \[2, 1e6\]"):
         GapRiskSpec.from_dict(kou)
     # in range one by one, but 10 % jumps against a diffusion that moves 6e-12 in a millisecond: the crossing
-    # table cannot resolve the target; the config says so when it is built, not at the first account view
+    # table cannot resolve the target; the engine says so when it starts, not at the first account view
     tiny = GapRiskSpec(model="merton", sigma="0.001", lam="1", mu_j="-0.1", sigma_j="0.1", horizon_s="0.001",
                        target="0.0001")  # fmt: skip
     with pytest.raises(ValidationError, match=r"gap_risk.markets.BTC-PERP \(merton.*resolves probabilities down to"):
-        _venue(GapRiskConfig(markets=(("BTC-PERP", tiny),)))
+        Engine(_venue(GapRiskConfig(markets=(("BTC-PERP", tiny),))))
     out = quote_line(json.dumps({**QUOTE_LINE, "gap_risk": dataclasses.asdict(tiny)}))
     assert out is not None and "resolves probabilities down to" in out["error"]
 

@@ -339,7 +339,7 @@ import itertools, sys
 from pathlib import Path
 from fluidmargin.sim.venues import perp_venue
 from fluidmargin.store import Runner
-from fluidmargin.store.ingest import synthetic_stream
+from fluidmargin.sim.ingest import synthetic_stream
 url, sdir = sys.argv[1], Path(sys.argv[2])
 events, seed, group, snap_every = map(int, sys.argv[3:7])
 r = Runner.open_or_create(url, perp_venue(), snapshot_dir=sdir, group_size=group)

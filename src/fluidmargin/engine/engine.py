@@ -39,7 +39,7 @@ from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATING, ST
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.instruments import CollateralAsset, PerpetualMarket
-from fluidmargin.risk import breaker, kernels, margin
+from fluidmargin.risk import breaker, gap, kernels, margin
 from fluidmargin.risk import funding as fnd
 from fluidmargin.risk import oracle as orc
 
@@ -138,6 +138,7 @@ class Engine:
     def __init__(self, config: EngineConfig, screen: str = "incremental", capacity: int = 1024) -> None:
         if screen not in ("incremental", "reference"):
             raise ValueError("screen must be 'incremental' or 'reference'")
+        gap.check_config(config)
         self.cfg = config
         self.screen = screen
         self.markets = [_Market(i, m) for i, m in enumerate(config.markets)]

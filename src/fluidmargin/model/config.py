@@ -277,17 +277,8 @@ class EngineConfig:
             for sym, _ in self.gap_risk.markets:
                 if sym not in msyms:
                     raise ValidationError(f"gap_risk.markets: {sym!r} is not a market of this config")
-            # each model is tabulated now (and cached for the views): a spec the solver cannot resolve to its
-            # target is refused here, with the reason, not at the first account view
-            from fluidmargin.risk.gap import gap_model
-
-            specs = [("default", self.gap_risk.default)] + [(f"markets.{m}", s) for m, s in self.gap_risk.markets]
-            for where, spec in specs:
-                if spec is not None:
-                    try:
-                        gap_model(spec)
-                    except ValidationError as e:
-                        raise ValidationError(str(e).replace("gap_risk", f"gap_risk.{where}", 1)) from None
+            # whether the solver can resolve each spec to its target is the risk layer's question:
+            # risk.gap.check_config, asked by the engine when it starts (model does not import risk)
 
     def policy(self, asset: str) -> OraclePolicy:
         for a, p in self.oracle:

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from fluidmargin.core.errors import InvariantViolation, ValidationError
 from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS
-from fluidmargin.model.config import GAP_MODELS, GapRiskConfig, GapRiskSpec
+from fluidmargin.model.config import GAP_MODELS, EngineConfig, GapRiskConfig, GapRiskSpec
 from fluidmargin.risk import jumps
 
 __all__ = [
@@ -294,3 +294,17 @@ def format_probability(p: float) -> str:
     d = Decimal(repr(p)).quantize(Decimal(1).scaleb(-PROBABILITY_PLACES), rounding=ROUND_CEILING)
     s = format(d, "f")
     return s.rstrip("0").rstrip(".") if "." in s else s
+
+
+def check_config(cfg: EngineConfig) -> None:
+    """Tabulate every gap model of ``cfg`` now (and cache it for the views): a spec the solver cannot
+    resolve to its target is refused when the engine starts, with the reason, not at the first account view."""
+    if cfg.gap_risk is None:
+        return
+    specs = [("default", cfg.gap_risk.default)] + [(f"markets.{m}", s) for m, s in cfg.gap_risk.markets]
+    for where, spec in specs:
+        if spec is not None:
+            try:
+                gap_model(spec)
+            except ValidationError as e:
+                raise ValidationError(str(e).replace("gap_risk", f"gap_risk.{where}", 1)) from None

@@ -1,6 +1,6 @@
 """Feed a seeded synthetic input stream through a :class:`Runner`; resumable after a crash.
 
-``python -m fluidmargin.store.ingest --log PATH --events N --seed S [--group-size G] [--snapshot-every K]``
+``python -m fluidmargin.sim.ingest --log PATH --events N --seed S [--group-size G] [--snapshot-every K]``
 
 The stream is a pure function of the seed (it never looks at engine state), so a restarted run skips
 the ``inputs_applied`` inputs already in the log and continues. ``ACK <seq>`` is printed (flushed)
@@ -140,7 +140,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fluidmargin.store.ingest", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m fluidmargin.sim.ingest", description=__doc__.splitlines()[0])
     p.add_argument("--log", required=True, type=Path, help="event log file (created if missing)")
     p.add_argument("--events", required=True, type=int, help="total number of input events in the stream")
     p.add_argument("--seed", required=True, type=int)
