@@ -24,6 +24,7 @@ from psycopg import sql
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
+from fluidmargin.sim import ingest
 from fluidmargin.sim.venues import perp_venue
 from fluidmargin.store import (
     EventLog,
@@ -31,7 +32,6 @@ from fluidmargin.store import (
     PgEventLog,
     Runner,
     create_log,
-    ingest,
     list_snapshots,
     log_exists,
     open_log,
