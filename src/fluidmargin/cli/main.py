@@ -16,6 +16,7 @@ def _register() -> None:
     from fluidmargin.cli import (  # noqa: F401  (each registers its commands)
         demo,
         evaluate,
+        forecast,
         jumps,
         portfolio,
         quote,

@@ -256,7 +256,11 @@ class EwmaMargin:
         return (im, mm) if up else (mm, im)  # initial stays above maintenance at every step
 
 
-DYNAMIC: dict[str, Callable[[], DynamicMargin]] = {"dynamic-ewma": EwmaMargin}
+DYNAMIC: dict[str, Callable[[], DynamicMargin]] = {
+    "dynamic-ewma": EwmaMargin,
+    # sim.dynamic (risk.dynamic + risk.forecast) imports this module, so it is loaded on first use
+    "dynamic": lambda: __import__("fluidmargin.sim.dynamic", fromlist=["DynamicMarginModel"]).DynamicMarginModel(),
+}
 
 
 def config_names(dynamic: Mapping[str, Callable[[], DynamicMargin]] | None = None) -> tuple[str, ...]:
