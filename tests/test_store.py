@@ -18,6 +18,7 @@ import pytest
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
+from fluidmargin.sim import ingest
 from fluidmargin.sim.venues import perp_venue
 from fluidmargin.store import (
     EventLog,
@@ -25,7 +26,6 @@ from fluidmargin.store import (
     LogFormatError,
     ReplayMismatch,
     Runner,
-    ingest,
     list_snapshots,
     load_latest,
     replay,
