@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Header, Request
+from fastapi import Depends, Header, Path, Request
 
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.service.auth import KeyRegistry, Principal, RateLimiter
@@ -35,6 +35,10 @@ class Service:
 async def get_svc(request: Request) -> Service:
     svc: Service = request.app.state.svc
     return svc
+
+
+Svc = Annotated[Service, Depends(get_svc)]  # a route's service parameter
+AccountPath = Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")]
 
 
 class EngineRejected(Exception):

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Query
 
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require, require_account
 from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, result_body, submit, write
+from fluidmargin.service.deps import (
+    AccountPath,
+    IdempotencyKey,
+    Service,
+    Svc,
+    errors,
+    result_body,
+    submit,
+    write,
+)
 from fluidmargin.service.schemas import (
     AccountCreate,
     AccountCreated,
@@ -26,8 +35,6 @@ from fluidmargin.service.schemas import (
 from fluidmargin.service.worker import Build
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
-Svc = Annotated[Service, Depends(get_svc)]
-AccountPath = Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")]
 OWNER_ROLES = ("admin", "venue", "account")
 VENUE_ROLES = ("admin", "venue")
 OPENERS = require(*VENUE_ROLES)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service.auth import KeyRecord, Principal, require
 from fluidmargin.service.codec import FieldError, render_event
-from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.deps import IdempotencyKey, Svc, errors, write
 from fluidmargin.service.schemas import EventsPage, KeyCreate, KeyCreated, KeyOut, WriteResult
 
 router = APIRouter(prefix="/v1", tags=["admin"])
-Svc = Annotated[Service, Depends(get_svc)]
 ADMIN = require("admin")
 
 

@@ -13,7 +13,7 @@ import weakref
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from numba import njit
@@ -26,11 +26,10 @@ from fluidmargin.engine.engine import Engine
 from fluidmargin.engine.state import STATUS_NAMES
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
-from fluidmargin.service.deps import Service, errors, get_svc
+from fluidmargin.service.deps import Svc, errors
 from fluidmargin.service.schemas import DecOut
 
 router = APIRouter(tags=["dashboard"])
-Svc = Annotated[Service, Depends(get_svc)]
 READERS = require("admin", "venue", "account")
 
 # left edges of the health bins (equity / maintenance margin); below the first: negative equity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path
 
 from fluidmargin.core.units import PPM, PRICE_DECIMALS
 from fluidmargin.engine.engine import Engine
@@ -12,7 +12,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.deps import IdempotencyKey, Svc, errors, write
 from fluidmargin.service.schemas import (
     FundsView,
     HaltIn,
@@ -25,7 +25,6 @@ from fluidmargin.service.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["markets"])
-Svc = Annotated[Service, Depends(get_svc)]
 ANYONE = require("admin", "venue", "account", "publisher")
 PUBLISHERS = require("admin", "publisher")
 ADMIN = require("admin")

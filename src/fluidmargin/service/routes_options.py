@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path
 
 from fluidmargin.core.units import PPM, PRICE_DECIMALS
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service import views
-from fluidmargin.service.auth import Principal, require, require_account
+from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.deps import AccountPath, IdempotencyKey, Svc, errors, write
+from fluidmargin.service.routes_accounts import OWNER_OF
 from fluidmargin.service.schemas import (
     MarginModeIn,
     OptionMarketView,
@@ -23,11 +24,8 @@ from fluidmargin.service.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["options"])
-Svc = Annotated[Service, Depends(get_svc)]
 ANYONE = require("admin", "venue", "account", "publisher")
 PUBLISHERS = require("admin", "publisher")
-OWNER_OF = require_account("admin", "venue", "account")
-AccountPath = Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")]
 
 
 @router.get("/options", response_model=list[OptionMarketView], responses=errors(403), summary="Every option series")

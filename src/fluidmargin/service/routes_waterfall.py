@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
 from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS
 from fluidmargin.engine.engine import Engine
@@ -12,7 +12,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import SHARE_DECIMALS, market_of_auction, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, Service, errors, get_svc, write
+from fluidmargin.service.deps import IdempotencyKey, Svc, errors, write
 from fluidmargin.service.schemas import (
     AuctionView,
     Bid,
@@ -24,7 +24,6 @@ from fluidmargin.service.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["waterfall"])
-Svc = Annotated[Service, Depends(get_svc)]
 ANYONE = require("admin", "venue", "account", "publisher")
 LPS = require("admin", "account")
 AuctionPath = Annotated[str, Path(min_length=1, max_length=80)]
