@@ -323,9 +323,10 @@ def test_cross_netting_rejects_bad_input(build: Any, reason: str) -> None:
         (lambda: OptionHolding(strike=100.0, is_call=True, amount=math.nan, vol=0.5), "amount must be a finite"),
         (lambda: ExpiryHolding(-1, 100.0, 0.0, (call(100, 1),)), "sec_to_expiry_s must be >= 0"),
         (lambda: ExpiryHolding(10, 100.0, 0.0, ()), "at least one option"),
-        (lambda: ExpiryHolding(10, 100.0, 0.0, (call(100, 1),), forward_fixed=100.0), "forward_fixed"),
+        (lambda: ExpiryHolding(10, 100.0, 0.0, (call(100, 1),), forward_fixed=100.0), "forward_fixed"),  # not yet
+        (lambda: ExpiryHolding(0, 100.0, 0.0, (call(100, 1),), forward_fixed=100.5), "forward_fixed"),
         (lambda: Scenario(1.1, VolShock.SKEW_LINEAR), "spot_shock must be 1"),
-        (lambda: Scenario(0.0, VolShock.UP), "spot_shock must be > 0"),
+        (lambda: Scenario(-0.5, VolShock.UP), "spot_shock must be >= 0"),  # 0 (spot to nothing) is allowed
         (lambda: Scenario(1.0, VolShock.UP, dampening=-1.0), "dampening must be >= 0"),
         (lambda: Portfolio(spot_price=SPOT, perp_amount=1.0), "perp price"),
         (lambda: Portfolio(spot_price=SPOT, stable_price=0.0), "stable_price must be > 0"),
@@ -398,8 +399,8 @@ BAD_CASES = [
     (_set("Scenario.Options.0.Expiry", 12.5), "expected whole seconds"),
     (_set("Scenario.Options.0.Expiry", 123), "no OptionFeeds entry for expiry 123"),
     (
-        _both(_set("Scenario.Options.0.Expiry", -5), _set("Scenario.OptionFeeds.0.FeedExpiry", -5)),
-        "sec_to_expiry_s must be >= 0",
+        _both(_set("Scenario.Options.0.Expiry", -5), _set("Scenario.OptionFeeds.0.FeedExpiry", -5.5)),
+        "expected whole seconds",
     ),
     (_set("Scenario.OptionFeeds.0.Forward", -1.0), "forward must be > 0"),
     (_set("Scenario.Collaterals.0.Name", ""), "Scenario.Collaterals[0].Name: expected a name"),
@@ -407,10 +408,13 @@ BAD_CASES = [
     (_set("Scenario.StablePrice", 0), "stable_price must be > 0"),
     (_set("Scenario.Options", {}), "Scenario.Options: expected a list"),
     (_set("Parameters.Scenarios.0.VolShockDirection", "Sideways"), "unknown 'Sideways'"),
-    (_set("Parameters.Scenarios.0.DampeningFactor", -1), "dampening must be >= 0"),
+    (_set("Parameters.Scenarios.0.DampeningFactor", -1), "DampeningFactor must be >= 0"),
     (_set("Parameters.Scenarios", []), "at least one scenario"),
-    (_set("Parameters.VolShock.DTE_FLOOR", 0), "dte_floor_s must be > 0"),
-    (_set("Parameters.BasisContingency.SCENARIO_SPOT_UP", 0.9), "spot_down < 1 < spot_up"),
+    (_set("Parameters.VolShock.DTE_FLOOR", -1), "Parameters.VolShock.DTE_FLOOR must be >= 0"),
+    (
+        _set("Parameters.BasisContingency.SCENARIO_SPOT_UP", 0.9),
+        "Parameters.BasisContingency.SCENARIO_SPOT_UP must be > 1",
+    ),
     (_set("Parameters.OtherContingency.CONF_THRESHOLD", True), "expected a number, got True"),
 ]
 
@@ -474,5 +478,46 @@ def test_cli_rejects_bad_files(tmp_path: Any, content: str | None, reason: str) 
     if content is not None:
         path.write_text(content)
     res = CliRunner().invoke(app, ["portfolio-margin", "--derive-case", str(path)])
+    assert res.exit_code == 2
+    assert reason in res.stderr and res.stdout == ""
+
+
+def _case_file(tmp_path: Any, *edits: Any) -> str:
+    data = _base_case()
+    for e in edits:
+        e(data)
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_cli_margins_an_expired_case_and_says_so(tmp_path: Any) -> None:
+    # test_13's short calls expired a second ago: valued at intrinsic on the (now fixed) forward
+    path = _case_file(tmp_path, _set("Scenario.Options.0.Expiry", -1), _set("Scenario.OptionFeeds.0.FeedExpiry", -1))
+    res = CliRunner().invoke(app, ["portfolio-margin", "--derive-case", path])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["warnings"]) == 1 and "expired 1 s ago" in out["warnings"][0]
+    # the calls (strike 100,000, forward 95,777) expired worthless and the forward no longer moves: no basis risk
+    assert Decimal(out["basis_contingency"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("edits", "reason"),
+    [
+        ((_set("Parameters.Margin.IM_LOSS_FACTOR", 0.4),), "IM_LOSS_FACTOR must be >= 0.5"),
+        (  # accepted by the reference (a signed power), but (30 d / 100 d)^-1000 overflows
+            (
+                _set("Scenario.Options.0.Expiry", 8_640_000),
+                _set("Scenario.OptionFeeds.0.FeedExpiry", 8_640_000),
+                _set("Parameters.VolShock.LONGTERMPOWER", -1000),
+            ),
+            "cannot be margined: vol shock",
+        ),
+    ],
+    ids=["out of the reference's bounds", "overflowing vol shock"],
+)
+def test_cli_refuses_cases_it_cannot_margin(tmp_path: Any, edits: tuple[Any, ...], reason: str) -> None:
+    res = CliRunner().invoke(app, ["portfolio-margin", "--derive-case", _case_file(tmp_path, *edits)])
     assert res.exit_code == 2
     assert reason in res.stderr and res.stdout == ""

@@ -50,7 +50,7 @@ def _run(stem: str) -> tuple[dict[str, Any], DeriveCase, PortfolioMarginResult]:
 
 
 def test_all_seventy_cases_are_there() -> None:
-    assert len(STEMS) == 70
+    assert len(STEMS) >= 70  # the 70 in the shared folder; any further published case runs the same checks
 
 
 @pytest.mark.parametrize("stem", STEMS, ids=STEMS)

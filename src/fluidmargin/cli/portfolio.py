@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from fluidmargin.cli.main import app
+from fluidmargin.core.errors import ValidationError
 from fluidmargin.risk.derive_pm import DeriveCaseError, parse_derive_case_text
 from fluidmargin.risk.portfolio import PortfolioMarginParams, PortfolioMarginResult, portfolio_margin
 
@@ -91,5 +92,9 @@ def portfolio_margin_command(
     except DeriveCaseError as e:
         typer.echo(f"error: {derive_case}: {e}", err=True)
         raise typer.Exit(2) from None
-    result = portfolio_margin(case.portfolio, case.params)
+    try:
+        result = portfolio_margin(case.portfolio, case.params)
+    except ValidationError as e:  # parameters the reference accepts but that overflow on this book
+        typer.echo(f"error: {derive_case}: cannot be margined: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(result_json(result, case.params, case.warnings)))

@@ -5,6 +5,14 @@ The format is that of Derive's PMRM_2 portfolio cases (derivexyz/v2-core,
 market), ``Parameters`` (the grid and the parameter blocks) and an optional ``Result`` (which is not
 read here). Parsing is pure: text or a decoded object in, a :class:`DeriveCase` out; a malformed case
 raises :class:`DeriveCaseError` naming the key path and the reason.
+
+Parameters are held to exactly the bounds Derive's setters enforce (``PMRMLib_2.sol`` at a6010890:
+``setVolShockParams``, ``setMarginParams``, ``setBasisContingencyParams``, ``setOtherContingencyParams``,
+``setSkewShockParameters``, ``setCollateralParameters``; ``PMRM_2.setScenarios``): zero is accepted wherever
+they accept it, and an unsigned field refuses a negative. Times follow the contract and its test harness:
+a negative ``FeedExpiry`` (already expired) counts as 0 (``secToExpiry = max(expiry - now, 0)``), and in
+the last 30 minutes the forward is split as ``LyraForwardFeed`` splits it: ``Forward x (1800 - s) / 1800``
+already fixed by the settlement TWAP, the rest moving with spot (all of it fixed at expiry).
 """
 
 from __future__ import annotations
@@ -31,6 +39,55 @@ from fluidmargin.risk.portfolio import (
     VolShock,
     VolShockParams,
 )
+
+SETTLEMENT_TWAP_S = 1800  # LyraForwardFeed.SETTLEMENT_TWAP_DURATION: the settlement price averages 30 minutes
+MAX_SCENARIOS = 40  # PMRM_2.setScenarios
+
+_INF = math.inf
+_SETTERS = {
+    "VolShock": "setVolShockParams",
+    "Margin": "setMarginParams",
+    "BasisContingency": "setBasisContingencyParams",
+    "OtherContingency": "setOtherContingencyParams",
+    "SkewShock": "setSkewShockParameters",
+}
+# (lower, lower inclusive, upper, upper inclusive): Derive's require()s; unsigned fields start at 0
+_BOUNDS: dict[tuple[str, str], tuple[float, bool, float, bool]] = {
+    ("VolShock", "VOLRANGEUP"): (0.0, True, 10.0, True),
+    ("VolShock", "VOLRANGEDOWN"): (0.0, True, 10.0, True),
+    ("VolShock", "SHORTTERMPOWER"): (-_INF, True, 10.0, True),  # signed
+    ("VolShock", "LONGTERMPOWER"): (-_INF, True, 10.0, True),
+    ("VolShock", "DTE_FLOOR"): (0.0, True, 400.0, True),  # days
+    ("VolShock", "MIN_VOL_EVAL_SHOCKED"): (0.0, True, 20.0, True),
+    ("Margin", "IM_LOSS_FACTOR"): (0.5, True, 10.0, True),
+    ("Margin", "MM_LOSS_FACTOR"): (0.1, True, 10.0, True),
+    ("Margin", "SHORT_RATE_MULTSCALE"): (0.0, True, 10.0, True),
+    ("Margin", "LONG_RATE_MULTSCALE"): (0.0, True, 10.0, True),
+    ("Margin", "SHORT_RATE_ADDSCALE"): (0.0, True, 10.0, True),
+    ("Margin", "LONG_RATE_ADDSCALE"): (0.0, True, 10.0, True),
+    ("Margin", "BASE_STATIC_DISCOUNT"): (0.0, True, 4.0, True),
+    ("Margin", "BASE_STATIC_DISCOUNT_NEG"): (0.0, True, 4.0, True),
+    ("BasisContingency", "SCENARIO_SPOT_UP"): (1.0, False, 3.0, False),
+    ("BasisContingency", "SCENARIO_SPOT_DOWN"): (0.0, True, 1.0, False),
+    ("BasisContingency", "BASIS_CONT_ADD_FACTOR"): (0.0, True, 20.0, True),
+    ("BasisContingency", "BASIS_CONT_MULT_FACTOR"): (0.0, True, 20.0, True),
+    ("OtherContingency", "PEG_LOSS_THRESHOLD"): (0.0, True, 100.0, True),
+    ("OtherContingency", "PEG_LOSS_FACTOR"): (0.0, True, 10.0, True),
+    ("OtherContingency", "CONF_THRESHOLD"): (0.0, True, 1.0, True),
+    ("OtherContingency", "CONF_MARGIN"): (0.0, True, 20.0, True),
+    ("OtherContingency", "MM_PERP_PERCENT"): (0.0, True, 3.0, True),
+    ("OtherContingency", "IM_PERP_PERCENT"): (0.0, True, 3.0, True),
+    ("OtherContingency", "MM_OPTION_PERCENT"): (0.0, True, 2.0, True),
+    ("OtherContingency", "IM_OPTION_PERCENT"): (0.0, True, 2.0, True),
+    ("SkewShock", "LINEAR_SCALE_CAP"): (0.0, True, 10.0, True),
+    ("SkewShock", "ABS_SCALE_CAP"): (0.0, True, 10.0, True),
+    ("SkewShock", "LINEAR_CBASE"): (-10.0, True, 10.0, True),
+    ("SkewShock", "ABS_CBASE"): (-10.0, True, 10.0, True),
+    ("SkewShock", "MIN_K_STAR"): (0.0, True, 10.0, True),
+    ("SkewShock", "MIN_WIDTH_SCALE"): (0.0, True, 10.0, True),
+    ("SkewShock", "VOL_PARAM_STATIC"): (0.0, True, 10.0, True),
+    ("SkewShock", "VOL_PARAM_SCALE"): (-20.0, True, 20.0, True),
+}
 
 _DIRECTIONS = {
     "Up": VolShock.UP,
@@ -111,6 +168,22 @@ def _list(obj: Mapping[str, Any], key: str, path: str) -> Sequence[Any]:
     return raw
 
 
+def _param(obj: Mapping[str, Any], block: str, key: str) -> float:
+    """A parameter within the bounds Derive's setter for its block enforces."""
+    x = _num(obj, key, f"Parameters.{block}")
+    lo, lo_in, hi, hi_in = _BOUNDS[(block, key)]
+    bad = None
+    if x < lo or (x == lo and not lo_in):
+        bad = f"must be {'>=' if lo_in else '>'} {lo:g}"
+    elif x > hi or (x == hi and not hi_in):
+        bad = f"must be {'<=' if hi_in else '<'} {hi:g}"
+    if bad:
+        raise DeriveCaseError(
+            f"Parameters.{block}.{key} {bad}, got {x!r} (Derive's PMRMLib_2.{_SETTERS[block]} refuses it)"
+        )
+    return x
+
+
 T = TypeVar("T")
 
 
@@ -127,6 +200,10 @@ def _build(where: str, cls: type[T], **kw: Any) -> T:
 def _scenarios(params: Mapping[str, Any], warnings: list[str]) -> tuple[Scenario, ...]:
     """Derive's grid lists the undampened regular scenarios first; every stress after them is a tail."""
     rows = _list(params, "Scenarios", "Parameters")
+    if len(rows) > MAX_SCENARIOS:
+        raise DeriveCaseError(
+            f"Parameters.Scenarios: at most {MAX_SCENARIOS} scenarios (Derive's PMRM_2.setScenarios), got {len(rows)}"
+        )
     out: list[Scenario] = []
     in_regular = True
     for i, row in enumerate(rows):
@@ -137,6 +214,9 @@ def _scenarios(params: Mapping[str, Any], warnings: list[str]) -> tuple[Scenario
         vol_shock = _DIRECTIONS[direction]
         spot_shock = _num(row, "SpotShock", where)
         dampening = _num(row, "DampeningFactor", where)
+        for name, x in (("SpotShock", spot_shock), ("DampeningFactor", dampening)):
+            if x < 0:
+                raise DeriveCaseError(f"{where}.{name} must be >= 0 (unsigned in Derive's PMRM_2.Scenario), got {x!r}")
         if vol_shock.is_skew:
             in_regular = False
             if spot_shock != 1.0:
@@ -172,61 +252,63 @@ def _params(p: Mapping[str, Any], warnings: list[str]) -> PortfolioMarginParams:
         vol_shock=_build(
             v,
             VolShockParams,
-            range_up=_num(vs, "VOLRANGEUP", v),
-            range_down=_num(vs, "VOLRANGEDOWN", v),
-            short_term_power=_num(vs, "SHORTTERMPOWER", v),
-            long_term_power=_num(vs, "LONGTERMPOWER", v),
-            dte_floor_s=_num(vs, "DTE_FLOOR", v) * SECONDS_PER_DAY,
-            min_vol_up=_num(vs, "MIN_VOL_EVAL_SHOCKED", v),
+            range_up=_param(vs, "VolShock", "VOLRANGEUP"),
+            range_down=_param(vs, "VolShock", "VOLRANGEDOWN"),
+            short_term_power=_param(vs, "VolShock", "SHORTTERMPOWER"),
+            long_term_power=_param(vs, "VolShock", "LONGTERMPOWER"),
+            dte_floor_s=_param(vs, "VolShock", "DTE_FLOOR") * SECONDS_PER_DAY,
+            min_vol_up=_param(vs, "VolShock", "MIN_VOL_EVAL_SHOCKED"),
         ),
         skew_shock=_build(
             s,
             SkewShockParams,
-            linear_base_cap=_num(sk, "LINEAR_SCALE_CAP", s),
-            linear_c_base=_num(sk, "LINEAR_CBASE", s),
-            abs_base_cap=_num(sk, "ABS_SCALE_CAP", s),
-            abs_c_base=_num(sk, "ABS_CBASE", s),
-            min_k_star=_num(sk, "MIN_K_STAR", s),
-            width_scale=_num(sk, "MIN_WIDTH_SCALE", s),
-            vol_param_static=_num(sk, "VOL_PARAM_STATIC", s),
-            vol_param_scale=_num(sk, "VOL_PARAM_SCALE", s),
+            linear_base_cap=_param(sk, "SkewShock", "LINEAR_SCALE_CAP"),
+            linear_c_base=_param(sk, "SkewShock", "LINEAR_CBASE"),
+            abs_base_cap=_param(sk, "SkewShock", "ABS_SCALE_CAP"),
+            abs_c_base=_param(sk, "SkewShock", "ABS_CBASE"),
+            min_k_star=_param(sk, "SkewShock", "MIN_K_STAR"),
+            width_scale=_param(sk, "SkewShock", "MIN_WIDTH_SCALE"),
+            vol_param_static=_param(sk, "SkewShock", "VOL_PARAM_STATIC"),
+            vol_param_scale=_param(sk, "SkewShock", "VOL_PARAM_SCALE"),
         ),
         margin=_build(
             m,
             MarginParams,
-            im_loss_factor=_num(mg, "IM_LOSS_FACTOR", m),
-            mm_loss_factor=_num(mg, "MM_LOSS_FACTOR", m),
-            long_static_discount=_num(mg, "BASE_STATIC_DISCOUNT", m),
-            short_static_discount=_num(mg, "BASE_STATIC_DISCOUNT_NEG", m),
-            long_rate_mult=_num(mg, "LONG_RATE_MULTSCALE", m),
-            long_rate_add=_num(mg, "LONG_RATE_ADDSCALE", m),
-            short_rate_mult=_num(mg, "SHORT_RATE_MULTSCALE", m),
-            short_rate_add=_num(mg, "SHORT_RATE_ADDSCALE", m),
+            im_loss_factor=_param(mg, "Margin", "IM_LOSS_FACTOR"),
+            mm_loss_factor=_param(mg, "Margin", "MM_LOSS_FACTOR"),
+            long_static_discount=_param(mg, "Margin", "BASE_STATIC_DISCOUNT"),
+            short_static_discount=_param(mg, "Margin", "BASE_STATIC_DISCOUNT_NEG"),
+            long_rate_mult=_param(mg, "Margin", "LONG_RATE_MULTSCALE"),
+            long_rate_add=_param(mg, "Margin", "LONG_RATE_ADDSCALE"),
+            short_rate_mult=_param(mg, "Margin", "SHORT_RATE_MULTSCALE"),
+            short_rate_add=_param(mg, "Margin", "SHORT_RATE_ADDSCALE"),
         ),
         basis=_build(
             b,
             BasisContingencyParams,
-            spot_up=_num(bc, "SCENARIO_SPOT_UP", b),
-            spot_down=_num(bc, "SCENARIO_SPOT_DOWN", b),
-            add_factor=_num(bc, "BASIS_CONT_ADD_FACTOR", b),
-            mult_factor=_num(bc, "BASIS_CONT_MULT_FACTOR", b),
+            spot_up=_param(bc, "BasisContingency", "SCENARIO_SPOT_UP"),
+            spot_down=_param(bc, "BasisContingency", "SCENARIO_SPOT_DOWN"),
+            add_factor=_param(bc, "BasisContingency", "BASIS_CONT_ADD_FACTOR"),
+            mult_factor=_param(bc, "BasisContingency", "BASIS_CONT_MULT_FACTOR"),
         ),
         contingency=_build(
             o,
             ContingencyParams,
-            perp_mm=_num(oc, "MM_PERP_PERCENT", o),
-            perp_im_extra=_num(oc, "IM_PERP_PERCENT", o),
-            option_mm=_num(oc, "MM_OPTION_PERCENT", o),
-            option_im_extra=_num(oc, "IM_OPTION_PERCENT", o),
-            confidence_threshold=_num(oc, "CONF_THRESHOLD", o),
-            confidence_margin=_num(oc, "CONF_MARGIN", o),
-            peg_loss_threshold=_num(oc, "PEG_LOSS_THRESHOLD", o),
-            peg_loss_factor=_num(oc, "PEG_LOSS_FACTOR", o),
+            perp_mm=_param(oc, "OtherContingency", "MM_PERP_PERCENT"),
+            perp_im_extra=_param(oc, "OtherContingency", "IM_PERP_PERCENT"),
+            option_mm=_param(oc, "OtherContingency", "MM_OPTION_PERCENT"),
+            option_im_extra=_param(oc, "OtherContingency", "IM_OPTION_PERCENT"),
+            confidence_threshold=_param(oc, "OtherContingency", "CONF_THRESHOLD"),
+            confidence_margin=_param(oc, "OtherContingency", "CONF_MARGIN"),
+            peg_loss_threshold=_param(oc, "OtherContingency", "PEG_LOSS_THRESHOLD"),
+            peg_loss_factor=_param(oc, "OtherContingency", "PEG_LOSS_FACTOR"),
         ),
     )
 
 
-def _expiries(sc: Mapping[str, Any]) -> tuple[tuple[ExpiryHolding, ...], tuple[tuple[int, int], ...]]:
+def _expiries(
+    sc: Mapping[str, Any], warnings: list[str]
+) -> tuple[tuple[ExpiryHolding, ...], tuple[tuple[int, int], ...]]:
     feeds: dict[int, Mapping[str, Any]] = {}
     for i, feed in enumerate(_list(sc, "OptionFeeds", "Scenario")):
         where = f"Scenario.OptionFeeds[{i}]"
@@ -258,12 +340,21 @@ def _expiries(sc: Mapping[str, Any]) -> tuple[tuple[ExpiryHolding, ...], tuple[t
         where = f"Scenario.OptionFeeds[FeedExpiry={sec}]"
         for o_idx, (file_idx, _) in enumerate(by_expiry[sec]):
             index[file_idx] = (e_idx, o_idx)
+        if sec < 0:
+            warnings.append(
+                f"{where}: expired {-sec} s ago, valued as at expiry (Derive: secToExpiry = max(expiry - now, 0))"
+            )
+        live_s = max(sec, 0)
+        forward = _num(feed, "Forward", where)
+        # the settlement TWAP's share observed so far is fixed (LyraForwardFeed._getSettlementPricePortions)
+        fixed = forward - forward * live_s / SETTLEMENT_TWAP_S if live_s < SETTLEMENT_TWAP_S else 0.0
         expiries.append(
             _build(
                 where,
                 ExpiryHolding,
-                sec_to_expiry_s=sec,
-                forward=_num(feed, "Forward", where),
+                sec_to_expiry_s=live_s,
+                forward=forward,
+                forward_fixed=max(fixed, 0.0),
                 rate=_num(feed, "Rate", where),
                 options=tuple(h for _, h in by_expiry[sec]),
                 forward_confidence=_num(feed, "ForwardConfidence", where),
@@ -281,6 +372,7 @@ def _collaterals(sc: Mapping[str, Any]) -> tuple[CollateralHolding, ...]:
         if not isinstance(name, str) or not name:
             raise DeriveCaseError(f"{where}.Name: expected a name, got {name!r}")
         mm = _num(col, "MMHaircut", where)
+        im = _num(col, "IMHaircut", where)
         out.append(
             _build(
                 where,
@@ -291,9 +383,12 @@ def _collaterals(sc: Mapping[str, Any]) -> tuple[CollateralHolding, ...]:
                 confidence=_num(col, "Confidence", where),
                 risk_cancelling=_bool(col, "IsRiskCancelling", where),
                 mm_haircut=mm,
-                im_extra_haircut=_num(col, "IMHaircut", where),
+                im_extra_haircut=im,
             )
         )
+        if mm + im > 1.0:  # after each is checked in [0, 1] by the model
+            why = "(Derive's PMRMLib_2.setCollateralParameters)"
+            raise DeriveCaseError(f"{where}: IMHaircut + MMHaircut must be <= 1 {why}, got {mm + im!r}")
     return tuple(out)
 
 
@@ -304,7 +399,7 @@ def parse_derive_case(data: Any) -> DeriveCase:
     sc = _get(data, "Scenario", "")
     warnings: list[str] = []
     params = _params(_get(data, "Parameters", ""), warnings)
-    expiries, option_index = _expiries(sc)
+    expiries, option_index = _expiries(sc, warnings)
     s = "Scenario"
     portfolio = _build(
         s,

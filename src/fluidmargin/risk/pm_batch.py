@@ -56,8 +56,10 @@ from numba import njit, prange
 
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.units import NS_PER_S
-from fluidmargin.risk.options import MIN_TOTAL_VOL, black76_greeks, black76_price
+from fluidmargin.risk.options import MIN_TOTAL_VOL, black76_greeks
 from fluidmargin.risk.portfolio import (
+    DTE_MIN_S,
+    K_STAR_MIN,
     SECONDS_PER_YEAR,
     VOL_SHOCK_REFERENCE_S,
     ExpiryHolding,
@@ -65,8 +67,9 @@ from fluidmargin.risk.portfolio import (
     Portfolio,
     PortfolioMarginParams,
     VolShock,
+    _black76,
+    _expiry_terms,
     _skew_multipliers,
-    _vol_shock_multipliers,
 )
 
 __all__ = [
@@ -203,8 +206,8 @@ class PmMarket:
         if np.any(fwd <= 0):
             raise ValidationError("forward must be > 0")
         fixed = _f64("forward_fixed", np.zeros(ne) if self.forward_fixed is None else self.forward_fixed, ne)
-        if np.any(fixed < 0) or np.any(fixed >= fwd):
-            raise ValidationError("forward_fixed must be in [0, forward)")
+        if np.any(fixed < 0) or np.any(fixed > fwd) or np.any((fixed == fwd) & (sec > 0)):
+            raise ValidationError("forward_fixed must be in [0, forward) (up to the forward at expiry)")
         vol = _f64("vol", self.vol, ns)
         if np.any(vol < 0):
             raise ValidationError("vol must be >= 0")
@@ -558,26 +561,12 @@ def _columns(market: PmMarket, params: PortfolioMarginParams) -> _Columns:
     """The reference's per-expiry intermediates, then every series priced once per column."""
     s = market.series
     e = s.expiry_index
-    m = params.margin
-    t = market.sec_to_expiry_s / SECONDS_PER_YEAR
-    rate = np.maximum(market.rate, 0.0)
-    disc = np.exp(-rate * t)
-    sd_long = m.long_static_discount * np.exp(-t * (rate * m.long_rate_mult + m.long_rate_add))
-    sd_short = np.minimum(
-        1.0 / disc, m.short_static_discount / np.exp(-t * (rate * m.short_rate_mult + m.short_rate_add))
-    )
-    basis_factor = params.basis.add_factor + params.basis.mult_factor * t
+    terms = _expiry_terms(market.sec_to_expiry_s, market.rate, params)  # the reference's, term for term
+    t, disc = terms.t_years, terms.discount
     assert market.forward_confidence is not None and market.rate_confidence is not None
     confidence = np.minimum(market.forward_confidence, market.rate_confidence)
-
-    mult = [_vol_shock_multipliers(int(sec), params.vol_shock) for sec in market.sec_to_expiry_s]
-    up = np.array([u for u, _ in mult], dtype=np.float64)
-    down = np.array([d for _, d in mult], dtype=np.float64)
-    sk = params.skew_shock
-    sqrt_t = np.sqrt(t)
-    k_star = np.maximum(sk.min_k_star, sqrt_t * sk.width_scale * (sk.vol_param_static + sqrt_t * sk.vol_param_scale))
-    linear_cap = sk.linear_c_base * sqrt_t + sk.linear_base_cap
-    abs_cap = sk.abs_c_base * sqrt_t + sk.abs_base_cap
+    up, down = terms.vol_up, terms.vol_down
+    k_star, linear_cap, abs_cap = terms.k_star, terms.linear_cap, terms.abs_cap
     vol = market.vol
     log_m = np.log(s.strike / market.forward[e])
     by_shock = {
@@ -594,9 +583,10 @@ def _columns(market: PmMarket, params: PortfolioMarginParams) -> _Columns:
     vols = np.stack([vol, vol, vol] + [by_shock[sc.vol_shock] for sc in params.scenarios], axis=1)
     moving = (market.forward - market.fixed)[e]
     fwd = moving[:, None] * shocks[None, :] + market.fixed[e][:, None]
-    prices = black76_price(fwd, s.strike[:, None], t[e][:, None], vols, disc[e][:, None], s.is_call[:, None])
+    prices = _black76(fwd, s.strike[:, None], t[e][:, None], vols, disc[e][:, None], s.is_call[:, None])
     return _Columns(
-        t_years=t, rate=rate, discount=disc, sd_long=sd_long, sd_short=sd_short, basis_factor=basis_factor,
+        t_years=t, rate=terms.rate, discount=disc, sd_long=terms.sd_long, sd_short=terms.sd_short,
+        basis_factor=terms.basis_factor,
         confidence=confidence, shocks=shocks, vols=np.ascontiguousarray(vols), prices=np.ascontiguousarray(prices),
         k_star=k_star, caps=(linear_cap, abs_cap),
     )  # fmt: skip
@@ -710,20 +700,21 @@ def _time_tables(
     t_min_safe = np.where(t_min > 0, t_min, 1.0)
 
     # term-structure multiplier m(T) = (30 d / max(T, floor))^p and |dm/dT| (per year) over the window
-    ratio_max = VOL_SHOCK_REFERENCE_S / np.maximum(np.maximum(sec_min, 0.0), vs.dte_floor_s)
-    ratio_min = VOL_SHOCK_REFERENCE_S / np.maximum(sec0, vs.dte_floor_s)
+    dte_floor = max(vs.dte_floor_s, DTE_MIN_S)
+    ratio_max = VOL_SHOCK_REFERENCE_S / np.maximum(np.maximum(sec_min, 0.0), dte_floor)
+    ratio_min = VOL_SHOCK_REFERENCE_S / np.maximum(sec0, dte_floor)
     m_max = np.zeros_like(sec0)
     for p in (vs.short_term_power, vs.long_term_power):
         m_max = np.maximum(m_max, np.maximum(ratio_max**p, ratio_min**p))
-    power_max = max(vs.short_term_power, vs.long_term_power)
-    floor_y = vs.dte_floor_s / SECONDS_PER_YEAR
-    dm = np.where(sec0 <= vs.dte_floor_s, 0.0, power_max * m_max / np.maximum(t_min_safe, floor_y))
+    power_max = max(abs(vs.short_term_power), abs(vs.long_term_power))
+    floor_y = dte_floor / SECONDS_PER_YEAR
+    dm = np.where(sec0 <= dte_floor, 0.0, power_max * m_max / np.maximum(t_min_safe, floor_y))
 
     # skew: |d mult / dT| <= |cap'| + |cap| |k*'| / k*, over the window
     sq0, sqm = np.sqrt(t0), np.sqrt(t_min_safe)
     g0 = sk.width_scale * (sk.vol_param_static * sq0 + sk.vol_param_scale * t0)
     gm = sk.width_scale * (sk.vol_param_static * sqm + sk.vol_param_scale * t_min_safe)
-    k_star_min = np.maximum(sk.min_k_star, np.minimum(g0, gm))
+    k_star_min = np.maximum(max(sk.min_k_star, K_STAR_MIN), np.minimum(g0, gm))
     dk_star = sk.width_scale * (sk.vol_param_static / (2.0 * sqm) + abs(sk.vol_param_scale))
     skew_dmult = {}
     skew_cap = {}

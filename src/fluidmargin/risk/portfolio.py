@@ -17,6 +17,16 @@ Per underlying:
   grows when the stablecoin de-pegs) and the contingencies are charged on top: perp notional, naked
   short options, collateral haircuts and low oracle confidence.
 
+Expiry (Derive: ``PMRM_2._initialiseExpiries``, ``LyraForwardFeed``): an expired, unsettled expiry has 0
+seconds to expiry and is worth its intrinsic value on its forward (Black-76 at T = 0); what part of that
+forward is already fixed (a settlement average under way, all of it once settled) is the caller's
+``forward_fixed``. At T = 0 nothing is left to shock: static discounts are 1 (no time value to dampen; the
+contract's formula would leave ``long_static_discount`` on a long expiry, its published post-expiry case
+lists 1) and no skew shock applies (k* and caps 0). Degenerate parameters the reference accepts are taken
+at their limit: the DTE of the vol shock is at least 1 s, k* at least 1e-18 (one unit of the contract's
+18-decimal fixed point: at exactly 0 it divides by zero) and a forward shocked to 0 prices calls at 0,
+puts at D K.
+
 Money is in the quote stablecoin (``_quote``), as floats: this is a statistical valuation, like Derive's.
 The engine converts a requirement to integer quote quanta rounding up. ``initial_margin`` and
 ``maintenance_margin`` follow Derive: mark-to-market minus requirement, healthy while >= 0.
@@ -42,6 +52,8 @@ from fluidmargin.risk.options import black76_price
 SECONDS_PER_DAY = 86_400
 SECONDS_PER_YEAR = 365 * SECONDS_PER_DAY  # Derive annualises with a 365-day year
 VOL_SHOCK_REFERENCE_S = 30 * SECONDS_PER_DAY  # the (30 / DTE)^power term structure's reference
+DTE_MIN_S = 1.0  # the vol shock's DTE is never below 1 s (a zero floor at expiry divides by zero in Derive)
+K_STAR_MIN = 1e-18  # k* below one unit of Derive's 18-decimal fixed point divides by zero there
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -100,7 +112,7 @@ class Scenario:
     tail: bool = False
 
     def __post_init__(self) -> None:
-        _positive("spot_shock", self.spot_shock)
+        _non_negative("spot_shock", self.spot_shock)  # 0: spot to nothing (Derive's shocks are unsigned)
         _non_negative("dampening", self.dampening)
         if not isinstance(self.vol_shock, VolShock):
             raise ValidationError(f"vol_shock must be a VolShock, got {self.vol_shock!r}")
@@ -123,15 +135,16 @@ class VolShockParams:
 
     range_up: float
     range_down: float
-    short_term_power: float  # p when DTE <= 30 days
+    short_term_power: float  # p when DTE <= 30 days (signed, as in Derive)
     long_term_power: float  # p beyond 30 days
-    dte_floor_s: float  # DTE is floored here so near-expiry shocks stay bounded
+    dte_floor_s: float  # DTE is floored here so near-expiry shocks stay bounded (and at DTE_MIN_S)
     min_vol_up: float  # an up-shocked vol is never below this
 
     def __post_init__(self) -> None:
-        for name in ("range_up", "range_down", "short_term_power", "long_term_power", "min_vol_up"):
+        for name in ("range_up", "range_down", "min_vol_up", "dte_floor_s"):
             _non_negative(name, getattr(self, name))
-        _positive("dte_floor_s", self.dte_floor_s)
+        _finite("short_term_power", self.short_term_power)
+        _finite("long_term_power", self.long_term_power)
 
 
 @dataclass(frozen=True)
@@ -154,9 +167,8 @@ class SkewShockParams:
     def __post_init__(self) -> None:
         for name in ("linear_c_base", "abs_c_base", "vol_param_scale"):
             _finite(name, getattr(self, name))
-        for name in ("linear_base_cap", "abs_base_cap", "width_scale", "vol_param_static"):
+        for name in ("linear_base_cap", "abs_base_cap", "width_scale", "vol_param_static", "min_k_star"):
             _non_negative(name, getattr(self, name))
-        _positive("min_k_star", self.min_k_star)
 
 
 @dataclass(frozen=True)
@@ -165,7 +177,7 @@ class MarginParams:
 
     Long (value >= 0): ``long_static_discount * exp(-t * (rate * long_rate_mult + long_rate_add))``.
     Short (value < 0): ``min(1 / discount, short_static_discount * exp(t * (rate * short_rate_mult +
-    short_rate_add)))``; both make the shocked book worth less to its holder.
+    short_rate_add)))``; both make the shocked book worth less to its holder. At expiry the long one is 1.
     """
 
     im_loss_factor: float
@@ -180,7 +192,9 @@ class MarginParams:
     def __post_init__(self) -> None:
         for name in ("long_rate_mult", "long_rate_add", "short_rate_mult", "short_rate_add"):
             _non_negative(name, getattr(self, name))
-        for name in ("im_loss_factor", "mm_loss_factor", "long_static_discount", "short_static_discount"):
+        for name in ("long_static_discount", "short_static_discount"):
+            _non_negative(name, getattr(self, name))  # 0: a shocked expiry counts for nothing
+        for name in ("im_loss_factor", "mm_loss_factor"):
             _positive(name, getattr(self, name))
 
 
@@ -196,7 +210,7 @@ class BasisContingencyParams:
 
     def __post_init__(self) -> None:
         _positive("spot_up", self.spot_up)
-        _positive("spot_down", self.spot_down)
+        _non_negative("spot_down", self.spot_down)
         if not self.spot_down < 1 < self.spot_up:
             raise ValidationError(f"basis shocks need spot_down < 1 < spot_up, got {self.spot_down}, {self.spot_up}")
         _non_negative("add_factor", self.add_factor)
@@ -274,7 +288,8 @@ class ExpiryHolding:
 
     ``forward_fixed`` is the part of the forward already fixed (a settlement average under way); only
     the rest moves with spot. A negative ``rate`` counts as zero, as in Derive. ``sec_to_expiry_s`` 0
-    means expired, unsettled: valued at intrinsic.
+    means at or past expiry, unsettled: valued at intrinsic (Derive: ``max(expiry - now, 0)``); only
+    then may the whole forward be fixed (the settlement price).
     """
 
     sec_to_expiry_s: int
@@ -293,8 +308,8 @@ class ExpiryHolding:
         _positive("forward", self.forward)
         _finite("rate", self.rate)
         _non_negative("forward_fixed", self.forward_fixed)
-        if self.forward_fixed >= self.forward:
-            raise ValidationError("forward_fixed must be below the forward")
+        if self.forward_fixed > self.forward or (self.forward_fixed == self.forward and self.sec_to_expiry_s > 0):
+            raise ValidationError("forward_fixed must be below the forward (up to it at expiry)")
         _fraction("forward_confidence", self.forward_confidence)
         _fraction("rate_confidence", self.rate_confidence)
         if not self.options:
@@ -364,7 +379,7 @@ class Portfolio:
             raise ValidationError("a perp position needs a perp price > 0")
         _fraction("perp_confidence", self.perp_confidence)
         _finite("perp_unrealised_quote", self.perp_unrealised_quote)
-        seen = [e.sec_to_expiry_s for e in self.expiries]
+        seen = [e.sec_to_expiry_s for e in self.expiries if e.sec_to_expiry_s > 0]  # expired ones stay apart
         if len(set(seen)) != len(seen):
             raise ValidationError("each expiry must appear once")
 
@@ -463,8 +478,22 @@ def _values(
     total vol capped at 24), but its cases come from an exact-CDF generator: this pricer reproduces every
     scenario P&L to ~1e-11 and IM / MM to ~1e-14, so no Derive-specific variant is needed.
     """
-    prices = black76_price(forwards, strikes, t_years, vols, discount, is_call)
+    prices = _black76(forwards, strikes, t_years, vols, discount, is_call)
     return np.asarray(prices @ amounts, dtype=np.float64)
+
+
+def _black76(
+    forward: npt.ArrayLike, strike: npt.ArrayLike, t_years: npt.ArrayLike, vol: npt.ArrayLike,
+    discount: npt.ArrayLike, is_call: npt.ArrayLike,
+) -> FloatArray:  # fmt: skip
+    """Black-76 premiums, a forward shocked to 0 at its limit: calls 0, puts D K (lyra-utils' Black76 too)."""
+    f = np.asarray(forward, dtype=np.float64)
+    live = f > 0
+    prices = black76_price(np.where(live, f, 1.0), strike, t_years, vol, discount, is_call)
+    if bool(np.all(live)):
+        return prices
+    at_zero = np.where(is_call, 0.0, np.asarray(discount, dtype=np.float64) * np.asarray(strike, dtype=np.float64))
+    return np.asarray(np.where(live, prices, at_zero), dtype=np.float64)
 
 
 # --- the model ------------------------------------------------------------------------------------------
@@ -485,24 +514,74 @@ def _naked_shorts(options: Sequence[OptionHolding]) -> float:
 
 
 def _vol_shock_multipliers(sec_to_expiry_s: int, p: VolShockParams) -> tuple[float, float]:
-    ratio = VOL_SHOCK_REFERENCE_S / max(float(sec_to_expiry_s), p.dte_floor_s)
+    ratio = VOL_SHOCK_REFERENCE_S / max(float(sec_to_expiry_s), p.dte_floor_s, DTE_MIN_S)
     power = p.short_term_power if sec_to_expiry_s <= VOL_SHOCK_REFERENCE_S else p.long_term_power
-    m = ratio**power
+    try:
+        m = ratio**power
+    except OverflowError:
+        m = math.inf
+    if not math.isfinite(m):
+        raise ValidationError(f"vol shock (30 d / DTE)^{power} overflows at {sec_to_expiry_s} s to expiry")
     return 1.0 + p.range_up * m, max(0.0, 1.0 - p.range_down * m)
 
 
 def _skew_multipliers(k: FloatArray, cap: float | FloatArray, k_star: float | FloatArray) -> FloatArray:
-    """``1 + min(cap, k cap / k*)`` for k >= 0, ``1 + max(-cap, k cap / k*)`` below (as Derive orders it)."""
-    x = k * cap / k_star
-    return np.asarray(1.0 + np.where(k >= 0, np.minimum(cap, x), np.maximum(-cap, x)), dtype=np.float64)
+    """``1 + min(cap, k cap / k*)`` for k >= 0, ``1 + max(-cap, k cap / k*)`` below (as Derive orders it);
+    0 where k* is 0, i.e. at expiry (no skew shock: the vol no longer matters)."""
+    ks = np.asarray(k_star, dtype=np.float64)
+    live = ks > 0
+    x = k * cap / np.where(live, ks, 1.0)
+    mult = 1.0 + np.where(k >= 0, np.minimum(cap, x), np.maximum(-cap, x))
+    return np.asarray(np.where(live, mult, 0.0), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _ExpiryTerms:
+    """The per-expiry intermediates (one entry per expiry), shared with the batch so the twins agree."""
+
+    t_years: FloatArray
+    rate: FloatArray  # max(rate, 0)
+    discount: FloatArray
+    sd_long: FloatArray
+    sd_short: FloatArray
+    vol_up: FloatArray  # multipliers
+    vol_down: FloatArray
+    k_star: FloatArray  # 0 at expiry
+    linear_cap: FloatArray
+    abs_cap: FloatArray
+    basis_factor: FloatArray
+
+
+def _expiry_terms(sec_to_expiry_s: npt.ArrayLike, rate: npt.ArrayLike, params: PortfolioMarginParams) -> _ExpiryTerms:
+    """Time, discounting, static discounts, vol and skew shocks and the basis factor of each expiry."""
+    sec = np.asarray(sec_to_expiry_s, dtype=np.int64)
+    live = sec > 0
+    t = sec / SECONDS_PER_YEAR
+    r = np.maximum(np.asarray(rate, dtype=np.float64), 0.0)
+    disc = np.exp(-r * t)
+    m = params.margin
+    sd_long = np.where(live, m.long_static_discount * np.exp(-t * (r * m.long_rate_mult + m.long_rate_add)), 1.0)
+    sd_short = np.minimum(1.0 / disc, m.short_static_discount / np.exp(-t * (r * m.short_rate_mult + m.short_rate_add)))
+    mult = [_vol_shock_multipliers(int(x), params.vol_shock) for x in sec]
+    sk = params.skew_shock
+    sqrt_t = np.sqrt(t)
+    k_star = np.maximum(sk.min_k_star, sqrt_t * sk.width_scale * (sk.vol_param_static + sqrt_t * sk.vol_param_scale))
+    return _ExpiryTerms(
+        t_years=t, rate=r, discount=disc, sd_long=sd_long, sd_short=sd_short,
+        vol_up=np.array([u for u, _ in mult], dtype=np.float64),
+        vol_down=np.array([d for _, d in mult], dtype=np.float64),
+        k_star=np.where(live, np.maximum(k_star, K_STAR_MIN), 0.0),
+        linear_cap=np.where(live, sk.linear_c_base * sqrt_t + sk.linear_base_cap, 0.0),
+        abs_cap=np.where(live, sk.abs_c_base * sqrt_t + sk.abs_base_cap, 0.0),
+        basis_factor=params.basis.add_factor + params.basis.mult_factor * t,
+    )  # fmt: skip
 
 
 def _expiry_pnls(e: ExpiryHolding, params: PortfolioMarginParams) -> tuple[FloatArray, ExpiryReport]:
     """Scenario P&L of one expiry (aligned with params.scenarios) and its intermediate values."""
-    m = params.margin
-    t = e.t_years
-    rate = max(e.rate, 0.0)
-    disc = e.discount
+    terms = _expiry_terms([e.sec_to_expiry_s], [e.rate], params)
+    t = float(terms.t_years[0])
+    disc = float(terms.discount[0])
     strikes = np.array([o.strike for o in e.options], dtype=np.float64)
     amounts = np.array([o.amount for o in e.options], dtype=np.float64)
     is_call = np.array([o.is_call for o in e.options], dtype=np.bool_)
@@ -517,17 +596,14 @@ def _expiry_pnls(e: ExpiryHolding, params: PortfolioMarginParams) -> tuple[Float
 
     base = value_at(np.array([1.0, params.basis.spot_up, params.basis.spot_down]), np.tile(vols, (3, 1)))
     mtm, basis_up, basis_down = float(base[0]), float(base[1]), float(base[2])
-    basis = min(basis_up - mtm, basis_down - mtm, 0.0) * (params.basis.add_factor + params.basis.mult_factor * t)
+    basis = min(basis_up - mtm, basis_down - mtm, 0.0) * float(terms.basis_factor[0])
 
-    up, down = _vol_shock_multipliers(e.sec_to_expiry_s, params.vol_shock)
+    up, down = float(terms.vol_up[0]), float(terms.vol_down[0])
     vols_up = np.maximum(params.vol_shock.min_vol_up, vols * up)
     vols_down = vols * down
 
-    sk = params.skew_shock
-    sqrt_t = math.sqrt(t)
-    k_star = max(sk.min_k_star, sqrt_t * sk.width_scale * (sk.vol_param_static + sqrt_t * sk.vol_param_scale))
-    linear_cap = sk.linear_c_base * sqrt_t + sk.linear_base_cap
-    abs_cap = sk.abs_c_base * sqrt_t + sk.abs_base_cap
+    k_star = float(terms.k_star[0])
+    linear_cap, abs_cap = float(terms.linear_cap[0]), float(terms.abs_cap[0])
     log_m = np.log(strikes / e.forward)
     linear_mult = _skew_multipliers(log_m, linear_cap, k_star)
     abs_mult = _skew_multipliers(np.abs(log_m), abs_cap, k_star)
@@ -543,8 +619,7 @@ def _expiry_pnls(e: ExpiryHolding, params: PortfolioMarginParams) -> tuple[Float
     vol_rows = np.stack([vols_by_shock[s.vol_shock] for s in params.scenarios])
     shocked = value_at(shocks, vol_rows)  # skew scenarios have spot_shock 1: today's forward
 
-    sd_long = m.long_static_discount * math.exp(-t * (rate * m.long_rate_mult + m.long_rate_add))
-    sd_short = min(1.0 / disc, m.short_static_discount / math.exp(-t * (rate * m.short_rate_mult + m.short_rate_add)))
+    sd_long, sd_short = float(terms.sd_long[0]), float(terms.sd_short[0])
     shocked = shocked * np.where(shocked >= 0, sd_long, sd_short)
     damp = np.array([s.dampening for s in params.scenarios], dtype=np.float64)
     pnl = (shocked - mtm) * damp
