@@ -149,7 +149,7 @@ GOOD = [
         (
             [HEADER, GOOD[0], GOOD[1], "2000,10.2,10.4,10.0,10.3,1"],
             4,
-            "repeats the previous one 2000 (line 3)",
+            "timestamp 2000 repeats line 3 with different values (open 10.5 there, 10.2 here)",
         ),
         ([HEADER, GOOD[0], GOOD[1], "1500,10.2,10.4,10.0,10.3,1"], 4, "goes back from the previous one 2000"),
         ([HEADER, GOOD[0], "2000.5,10.5,10.9,10.1,10.2,1"], 3, "not an integer"),

@@ -18,6 +18,7 @@ from fluidmargin.cli.main import app
 from fluidmargin.core.errors import FluidMarginError
 from fluidmargin.core.units import QUOTE_DECIMALS
 from fluidmargin.sim import evaluate as evl
+from fluidmargin.sim import report
 from fluidmargin.sim.scenarios import LIQUIDATIONS, PATHS
 
 err = Console(stderr=True)
@@ -95,7 +96,10 @@ def evaluate_cmd(
         raise typer.Exit(2) from None
     title = "frontier: " + ", ".join(d.name for d in datasets)
     chart = evl.write_frontier(results, plot, title)
+    notes = report.candle_notes(c for d in datasets for c in d.candles.values())  # repeats dropped, gaps
     if as_json:
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(json.dumps({name: f.to_json() for name, f in results.items()}))
         return
     caption = (
@@ -104,4 +108,6 @@ def evaluate_cmd(
         f"requirement: exact maintenance summed over accounts, {len(next(iter(results.values())).samples)} "
         f"samples; chart {chart}"
     )
+    if notes:
+        caption += "\ndata: " + "\ndata: ".join(notes)
     Console().print(_table(results, caption))

@@ -11,7 +11,6 @@ The work is :mod:`fluidmargin.risk.forecast`; this module loads, aligns and prin
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
@@ -40,21 +39,7 @@ def _on_grid(ts_ms: np.ndarray, values: np.ndarray, grid_ms: np.ndarray) -> np.n
     return np.where(k >= 0, values[np.maximum(k, 0)], np.nan)
 
 
-def _volume(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(open times, volume) of a header CSV with a volume column, else None."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt") as f:
-            header = f.readline().strip().split(",")
-            if header[-1] != "volume" or header[0] != "timestamp_ms":
-                return None
-            data = np.loadtxt(f, delimiter=",", usecols=(0, len(header) - 1), ndmin=2)
-    except (OSError, ValueError):
-        return None
-    return data[:, 0].astype(np.int64), data[:, 1]
-
-
-def _exog(path: Path, asset: str, s: fc.RvSeries) -> dict[str, np.ndarray]:
+def _exog(path: Path, asset: str, s: fc.RvSeries, c: Candles) -> dict[str, np.ndarray]:
     """HAR-X columns from an hourly file's siblings: |funding| (bp), |perp/spot basis| (bp), volume burst."""
     grid = s.ts_ms
     d = path.parent
@@ -68,9 +53,8 @@ def _exog(path: Path, asset: str, s: fc.RvSeries) -> dict[str, np.ndarray]:
         cs, cp = load_candles(spot), load_candles(perp)
         b = np.log(_on_grid(cp.ts_ms, cp.close, grid - HOUR_MS) / _on_grid(cs.ts_ms, cs.close, grid - HOUR_MS))
         out["abs_basis_bp"] = np.abs(b) * 1e4
-    v = _volume(path)
-    if v is not None:
-        vol = _on_grid(v[0], v[1], grid - HOUR_MS)
+    if c.volume is not None:  # the loader's volume: the same times, checked like the prices
+        vol = _on_grid(c.ts_ms, c.volume, grid - HOUR_MS)
         mean = fc.naive_forecast(vol, 168)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["volume_burst"] = np.log1p(vol / mean)
@@ -98,21 +82,22 @@ def evaluate_files(
     out: dict[str, Any] = {}
     for p, a, c in loaded:
         s = _series(c)
-        entry: dict[str, Any] = {"asset": a, "data": s.report()}
+        entry: dict[str, Any] = {"asset": a, "data": s.report(), "repeats_dropped": len(c.repeats)}
         if _period_h(c) >= 1.0:
             w = fc.walk_forward(s.rv, spec, refit_every=refit_every, spikes=spikes)
             entry["trained_on"] = "its own past"
             entry["har"] = w.to_json()
-            ex = _exog(p, a, s) if features and a else {}
+            ex = _exog(p, a, s, c) if features and a else {}
             if ex:
                 wx = fc.walk_forward(s.rv, spec, refit_every=refit_every, spikes=spikes, exog=ex)
                 both = np.isfinite(wx.forecast) & np.isfinite(w.forecast) & (w.realised > 0)
-                entry["har_x"] = {
-                    "features": sorted(ex),
-                    "qlike_har_x": round(fc.qlike(w.realised[both], wx.forecast[both]), 4),
-                    "qlike_har_same_rows": round(fc.qlike(w.realised[both], w.forecast[both]), 4),
-                    "coef": {k: round(v, 6) for k, v in (wx.last_fit.params() if wx.last_fit else {}).items()},
-                }
+                if both.any():  # none in a file too short to fit
+                    entry["har_x"] = {
+                        "features": sorted(ex),
+                        "qlike_har_x": round(fc.qlike(w.realised[both], wx.forecast[both]), 4),
+                        "qlike_har_same_rows": round(fc.qlike(w.realised[both], w.forecast[both]), 4),
+                        "coef": {k: round(v, 6) for k, v in (wx.last_fit.params() if wx.last_fit else {}).items()},
+                    }
         else:
             start = int(s.start_ms)
             past = history.get(a or "")

@@ -23,7 +23,7 @@ import numpy as np
 import typer
 
 from fluidmargin.cli.main import app
-from fluidmargin.core.errors import FluidMarginError, ValidationError
+from fluidmargin.core.errors import FluidMarginError, InputFileError, ValidationError
 from fluidmargin.model.config import GapRiskSpec
 from fluidmargin.sim.candles import Candles, load_candles
 
@@ -60,7 +60,7 @@ def parse_start(text: str | None) -> int | None:
 def log_returns(c: Candles) -> tuple[np.ndarray, int, int]:
     """(log returns of consecutive closes one interval apart, the interval in ms, returns dropped at gaps)."""
     if len(c) < 2:
-        raise ValidationError(f"{c.path}: {len(c)} candle(s): no returns to fit")
+        raise ValidationError(f"{len(c)} candle(s): no returns to fit")  # the caller names the file
     interval = c.interval_ms()
     regular = np.diff(c.ts_ms) == interval
     returns = np.diff(np.log(c.close))[regular]
@@ -103,6 +103,7 @@ def fit_file(
         "n_obs": fit.n_obs,
         "interval_s": sig(interval / 1000),
         "gaps_dropped": gaps,
+        "repeats_dropped": len(c.repeats),
         "first_ts_ms": int(c.ts_ms[0]),
         "last_ts_ms": int(c.ts_ms[-1]),
         "mu_annual": sig(p.mu_annual),
@@ -135,6 +136,8 @@ def fit_jumps_cmd(
         for path in data:
             try:
                 results[str(path)] = fit_file(path, model, start_ms, limit, horizon_s, target, min_obs)
+            except InputFileError:
+                raise  # names the file and line already
             except ValidationError as e:
                 raise ValidationError(f"{path}: {e}") from None
     except (FluidMarginError, OSError) as e:

@@ -294,6 +294,7 @@ def replay(
             name="replay " + ",".join(candles),
         )
         result = execute(scenario, log, quiet=as_json or ack, ack=ack)
+        result.summary.update(report.candle_summary(candles))
     except FluidMarginError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

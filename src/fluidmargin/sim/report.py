@@ -11,7 +11,7 @@ the chart a fifth panel; a plain close-at-mark venue's report keeps its shape.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.instruments import LiquidationPolicy
 from fluidmargin.risk import margin
+from fluidmargin.sim.candles import Candles
 
 SERIES = (
     "ts_ns",
@@ -457,6 +458,59 @@ def run(
     if has_waterfall(eng.cfg) if waterfall is None else waterfall:
         summary["liquidation_waterfall"] = col.wf.summary(eng.cfg)
     return RunResult(summary, series, prices, dict(sorted(col.counts.items())))
+
+
+REPEAT_LINES_SHOWN = 10
+
+
+def candle_summary(candles: Mapping[str, Candles]) -> dict[str, Any]:
+    """What the loader found in the replayed files, by asset: the candles replayed, the time unit the
+    file used, identical repeats dropped (with the first lines), gaps (steps longer than the usual
+    interval) and the most time missing at one, in seconds. Empty when every file is in milliseconds
+    with neither repeats nor gaps, so a clean replay's summary keeps its shape."""
+    if all(c.unit == "ms" and not c.repeats and not c.gaps()[0] for c in candles.values()):
+        return {}
+    out: dict[str, Any] = {
+        "candles": {a: len(c) for a, c in candles.items()},
+        "candle_time_unit": {a: c.unit for a, c in candles.items()},
+        "candle_repeats_dropped": {a: len(c.repeats) for a, c in candles.items()},
+        "candle_gaps": {a: c.gaps()[0] for a, c in candles.items()},
+        "candle_largest_gap_s": {a: c.gaps()[1] // 1000 for a, c in candles.items()},
+    }
+    lines = {a: [line for _, line in c.repeats[:REPEAT_LINES_SHOWN]] for a, c in candles.items() if c.repeats}
+    if lines:
+        out["candle_repeat_lines"] = lines
+    return out
+
+
+def duration(ms: int) -> str:
+    """``4 h 44 min``, ``7 min``, ``2 d 3 h``, ``30 s``: the two largest units."""
+    parts = []
+    rest = ms // 1000
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size} {unit}")
+            rest %= size
+    return " ".join(parts[:2]) or f"{ms} ms"
+
+
+def candle_notes(candles: Iterable[Candles]) -> list[str]:
+    """One line for each file with repeats dropped or gaps: ``FILE: 1 identical repeat dropped (line 7);
+    1 gap, the largest 4 h 44 min``."""
+    notes = []
+    for c in candles:
+        n_gaps, largest = c.gaps()
+        what = []
+        if c.repeats:
+            k = len(c.repeats)
+            shown = ", ".join(str(line) for _, line in c.repeats[:REPEAT_LINES_SHOWN])
+            more = ", ..." if k > REPEAT_LINES_SHOWN else ""
+            what.append(f"{k} identical repeat{'s' * (k > 1)} dropped (line{'s' * (k > 1)} {shown}{more})")
+        if n_gaps:
+            what.append(f"{n_gaps} gap{'s' * (n_gaps > 1)}, the largest {duration(largest)}")
+        if what:
+            notes.append(f"{c.path}: {'; '.join(what)}")
+    return notes
 
 
 def sample_step_ns(span_ns: tuple[int, int], base_step_ns: int, max_samples: int = MAX_SAMPLES) -> int:
