@@ -7,6 +7,11 @@ registry (``api_keys``, ``key_accounts``, ``sub_accounts``: :class:`~fluidmargin
 and the idempotency index (``idempotency``: :class:`IdempotencyIndex`). So a PostgreSQL deployment keeps
 no local state but its snapshots (files; restored on start when they match the log, else the log is
 replayed from the start).
+
+A PostgreSQL store may restart under the service: the connections here are made again when lost (see
+:class:`ServiceTables`; the log's own, :class:`~fluidmargin.store.pg.PgEventLog`), and a group commit is
+retried for :data:`COMMIT_RETRY_S` seconds before its writes are answered 503 (then the engine is rebuilt
+from the log once the store is back: :meth:`Runner.reload`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -27,11 +31,15 @@ from fluidmargin.core.errors import ValidationError
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.sim.venues import perp_venue, waterfall_venue
 from fluidmargin.store.backend import LogTarget, open_log, scheme_of, sqlite_path
-from fluidmargin.store.log import EventLog
+from fluidmargin.store.log import EventLog, LogCorruptError, StoreUnavailable, damaged_file
 from fluidmargin.store.runner import Runner
+
+if TYPE_CHECKING:
+    from fluidmargin.store.backend import LogBackend
 
 VENUES: dict[str, Callable[[], EngineConfig]] = {"perp": perp_venue, "waterfall": waterfall_venue}
 GROUP_SIZE = 1 << 30  # the worker decides when to commit (once per batch), never the runner
+COMMIT_RETRY_S = 10.0  # a commit the store cannot take (a restart) is retried this long, writes held
 
 
 def load_config(spec: str) -> EngineConfig:
@@ -56,11 +64,12 @@ def open_runner(db: LogTarget, config: EngineConfig | None, snapshot_dir: str | 
     if snapshot_dir is not None:
         Path(snapshot_dir).mkdir(parents=True, exist_ok=True)
     if is_postgres(db):
-        return Runner.open_or_create(str(db), config, snapshot_dir, group_size=GROUP_SIZE)
+        return Runner.open_or_create(str(db), config, snapshot_dir, group_size=GROUP_SIZE, retry_s=COMMIT_RETRY_S)
     path = sqlite_path(db)
     path.parent.mkdir(parents=True, exist_ok=True)
     if config is not None:
-        _graft_log(path, config)
+        with damaged_file(path):
+            _graft_log(path, config)
     return Runner.open_or_create(path, config, snapshot_dir, group_size=GROUP_SIZE)
 
 
@@ -75,11 +84,13 @@ def default_snapshot_dir(db: LogTarget) -> Path:
     if not is_postgres(db):
         p = sqlite_path(db)
         return p.with_name(p.name + ".snapshots")
+    from psycopg.conninfo import conninfo_to_dict
+
     from fluidmargin.store.pg import parse_url
 
     conninfo, schema = parse_url(str(db))
-    parts = urlsplit(conninfo)
-    name = f"{parts.hostname or 'local'}_{parts.port or 5432}_{parts.path.strip('/') or 'db'}_{schema}"
+    d = conninfo_to_dict(conninfo)
+    name = f"{d.get('host') or 'local'}_{d.get('port') or 5432}_{d.get('dbname') or 'db'}_{schema}"
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return state / "fluidmargin" / "snapshots" / "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
@@ -106,7 +117,10 @@ def log_config(db: LogTarget) -> EngineConfig | None:
 
 
 def _sqlite_tables(path: Path) -> set[str]:
-    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+    with (
+        damaged_file(path),
+        contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn,
+    ):
         return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
@@ -161,62 +175,125 @@ class ServiceTables:
     ``ON CONFLICT DO NOTHING``); on PostgreSQL the placeholders become ``%s`` and the connection's
     ``search_path`` is the log's schema. Thread-safe: one statement or transaction at a time.
     ``durable=False``: commits need not reach the disk before returning (SQLite ``synchronous=NORMAL``,
-    PostgreSQL ``synchronous_commit=off``): for data that can be rebuilt from the log.
+    PostgreSQL ``synchronous_commit=off``): for data that can be rebuilt from the log. ``readonly``:
+    nothing is created or changed (for checks).
+
+    A lost PostgreSQL connection (a server restart) is made again at the next call; a statement run
+    outside a transaction is then run once more on the new connection (so such statements must be
+    idempotent, as every one here is). A transaction that loses its connection is not retried. While the
+    server cannot be reached, calls raise :class:`~fluidmargin.service.worker.WorkerUnavailable` (503).
+    A damaged SQLite file is a :class:`~fluidmargin.store.log.LogCorruptError` naming it.
     """
 
-    def __init__(self, target: LogTarget, durable: bool = True) -> None:
+    def __init__(self, target: LogTarget, durable: bool = True, readonly: bool = False) -> None:
         self.postgres = is_postgres(target)
+        self.durable, self.readonly = durable, readonly
         self._lock = threading.RLock()
+        self._in_txn = False
+        self._lost = 0  # connections lost so far
         self._conn: Any
         if self.postgres:
-            import psycopg
-            from psycopg import sql
-
             from fluidmargin.store.pg import parse_url, redact
 
-            conninfo, schema = parse_url(str(target))
+            self._conninfo, self._schema = parse_url(str(target))
             self.where = redact(str(target))
-            try:
-                conn = psycopg.connect(conninfo, autocommit=True)
-            except psycopg.Error as e:
-                raise ValidationError(f"{self.where}: cannot connect to PostgreSQL: {str(e).strip()}") from None
-            try:
-                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-                conn.execute("SET synchronous_commit = " + ("on" if durable else "off"))
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = self._pg_connect(ValidationError)
         else:
             path = sqlite_path(target)
             self.where = str(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn3 = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+            if readonly:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                conn3 = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn3 = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
             try:
-                conn3.execute("PRAGMA journal_mode=WAL")
-                conn3.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
+                with damaged_file(path):
+                    if not readonly:
+                        conn3.execute("PRAGMA journal_mode=WAL")
+                        conn3.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
             except BaseException:
                 conn3.close()
                 raise
             self._conn = conn3
 
+    def _pg_connect(self, error: type[Exception]) -> Any:
+        from psycopg import sql
+
+        from fluidmargin.store.pg import connect
+
+        conn = connect(self._conninfo, self.where, self.readonly, error=error)
+        try:
+            if not self.readonly and (
+                conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)).fetchone() is None
+            ):
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+            conn.execute("SET synchronous_commit = " + ("on" if self.durable else "off"))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _unavailable(self, why: object) -> Exception:
+        from fluidmargin.service.worker import WorkerUnavailable  # (worker imports this module)
+
+        return WorkerUnavailable(f"{self.where}: the store is unavailable ({why}); retry later")
+
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(connection)``; on PostgreSQL, after a lost connection outside a transaction, once more."""
+        if not self.postgres:
+            with damaged_file(self.where):
+                return fn(self._conn)
+        import psycopg
+
+        from fluidmargin.store.pg import connection_lost, scrub
+
+        for attempt in (1, 2):
+            if self._conn.closed or self._conn.broken:
+                if self._in_txn:
+                    raise self._unavailable("the connection was lost in a transaction")
+                self._conn.close()
+                try:
+                    self._conn = self._pg_connect(StoreUnavailable)
+                except StoreUnavailable as e:
+                    raise self._unavailable(e) from None
+            conn = self._conn
+            try:
+                return fn(conn)
+            except psycopg.Error as e:
+                if not connection_lost(conn, e):
+                    raise
+                conn.close()
+                self._lost += 1
+                if self._in_txn or attempt == 2:
+                    raise self._unavailable(scrub(str(e).strip(), self._conninfo)) from None
+        raise AssertionError("unreachable")
+
     def _sql(self, stmt: str) -> str:
         return stmt.replace("?", "%s") if self.postgres else stmt
 
     def execute(self, stmt: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            cur = self._conn.execute(self._sql(stmt), params)
+        def run(conn: Any) -> list[tuple[Any, ...]]:
+            cur = conn.execute(self._sql(stmt), params)
             return list(cur.fetchall()) if cur.description else []
 
-    def executemany(self, stmt: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._lock:
+            out: list[tuple[Any, ...]] = self._run(run)
+            return out
+
+    def executemany(self, stmt: str, rows: Iterable[Sequence[Any]]) -> None:
+        batch = list(rows)
+
+        def run(conn: Any) -> None:
             if self.postgres:
-                with self._conn.cursor() as cur:
-                    cur.executemany(self._sql(stmt), list(rows))
+                with conn.cursor() as cur:
+                    cur.executemany(self._sql(stmt), batch)
             else:
-                self._conn.executemany(stmt, rows)
+                conn.executemany(stmt, batch)
+
+        with self._lock:
+            self._run(run)
 
     def script(self, ddl: str) -> None:
         """Run ``;``-separated DDL statements in one transaction."""
@@ -228,17 +305,42 @@ class ServiceTables:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self._lock:
-            if self.postgres:
-                with self._conn.transaction():
-                    yield
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._run(lambda c: c.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE"))
+            self._in_txn = True
             try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                try:
+                    yield
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self._conn.execute("ROLLBACK")
+                    raise
+                self._run(lambda c: c.execute("COMMIT"))  # a lost connection here: 503, never retried
+            finally:
+                self._in_txn = False
+
+    def idempotent_transaction(self, fn: Callable[[], None]) -> None:
+        """``fn()`` (statements through this object) in one transaction; if the connection is lost on the
+        way, once more on a new one. Only for work that may safely be done twice (inserts that ignore
+        conflicts)."""
+        with self._lock:
+            lost = self._lost
+            try:
+                with self.transaction():
+                    fn()
+                return
+            except Exception:
+                if self._lost == lost:
+                    raise
+            with self.transaction():
+                fn()
+
+    def tables(self) -> set[str]:
+        """The names of the tables in the store (the file, or the schema)."""
+        if self.postgres:
+            q = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        else:
+            q = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return {str(r[0]) for r in self.execute(q)}
 
     def close(self) -> None:
         with self._lock:
@@ -305,12 +407,13 @@ class IdempotencyIndex:
 
     def add(self, rows: Sequence[tuple[str, str | None, int]]) -> None:
         if rows:
-            with self.tables.transaction():
-                self.tables.executemany(
+            self.tables.idempotent_transaction(
+                lambda: self.tables.executemany(
                     "INSERT INTO idempotency (event_id, fingerprint, seq) VALUES (?, ?, ?)"
                     " ON CONFLICT (event_id) DO NOTHING",
                     rows,
                 )
+            )
 
     def get(self, event_id: str) -> tuple[str | None, int] | None:
         rows = self.tables.execute("SELECT fingerprint, seq FROM idempotency WHERE event_id = ?", (event_id,))
@@ -321,3 +424,84 @@ class IdempotencyIndex:
 
     def close(self) -> None:
         self.tables.close()
+
+
+# --- checking the service's tables (verify-log) ------------------------------------------------------------
+
+KEY_TABLES = ("api_keys", "key_accounts", "sub_accounts")
+_PAGE = 5000
+
+
+def check_service_tables(db: LogTarget, log: LogBackend) -> tuple[dict[str, int], list[str]]:
+    """Row counts of the service's tables in the store ``db`` (whose log is ``log``) and what is wrong with
+    them (empty: nothing found). A log written without the service has none of them: nothing to check.
+
+    The key registry must be whole (all its tables, no key's accounts without the key, no key hash
+    twice); every idempotency row must name the input the log holds at its seq (a wrong one would answer
+    a replayed request with another request's records). Reads only.
+    """
+    counts: dict[str, int] = {}
+    problems: list[str] = []
+    try:
+        t = ServiceTables(db, readonly=True)
+    except (LogCorruptError, ValidationError) as e:
+        return counts, [str(e)]
+    try:
+        have = t.tables()
+        keys = [n for n in KEY_TABLES if n in have]
+        if keys and len(keys) < len(KEY_TABLES):
+            missing = ", ".join(n for n in KEY_TABLES if n not in have)
+            problems.append(f"{t.where}: the key registry has no {missing} table")
+        for name in keys:
+            counts[name] = int(t.execute(f"SELECT COUNT(*) FROM {name}")[0][0])
+        if "api_keys" in have:
+            dup = int(t.execute("SELECT COUNT(*) - COUNT(DISTINCT key_hash) FROM api_keys")[0][0])
+            if dup:
+                problems.append(f"{t.where}: api_keys holds {dup} key hash(es) twice")
+            if "key_accounts" in have:
+                orphans = t.execute(
+                    "SELECT COUNT(*) FROM key_accounts WHERE key_id NOT IN (SELECT key_id FROM api_keys)"
+                )[0][0]
+                if orphans:
+                    problems.append(f"{t.where}: key_accounts has {orphans} row(s) of keys api_keys does not hold")
+        if "idempotency" in have:
+            counts["idempotency_keys"] = int(t.execute("SELECT COUNT(*) FROM idempotency")[0][0])
+            problems += _check_idempotency(t, log)
+    except LogCorruptError as e:
+        problems.append(str(e))
+    except Exception as e:  # a driver error on a damaged or foreign table: one line, not a traceback
+        if isinstance(e, StoreUnavailable | ValidationError) or type(e).__module__.startswith(("psycopg", "sqlite3")):
+            problems.append(f"{t.where}: {type(e).__name__}: {' '.join(str(e).split())}")
+        else:
+            raise
+    finally:
+        t.close()
+    return counts, problems
+
+
+def _check_idempotency(t: ServiceTables, log: LogBackend) -> list[str]:
+    """Every (event_id, seq) row against the log, both read in seq order (memory does not grow with either)."""
+    wrong, first = 0, ""
+    after = -1
+    records = log.read_dicts(1)
+    rec = next(records, None)
+    while True:
+        rows = t.execute(
+            "SELECT event_id, seq FROM idempotency WHERE seq > ? ORDER BY seq, event_id LIMIT ?", (after, _PAGE)
+        )
+        if not rows:
+            break
+        for eid, seq in rows:
+            while rec is not None and rec[0] < seq:
+                rec = next(records, None)
+            if rec is None or rec[0] != seq or rec[1].get("event_id") != eid:
+                wrong += 1
+                first = first or f"key {eid!r} points at seq {seq}, which " + (
+                    "the log does not hold" if rec is None or rec[0] != seq else "holds another input"
+                )
+        after = int(rows[-1][1])
+        if len(rows) < _PAGE:
+            break
+    if not wrong:
+        return []
+    return [f"{t.where}: {wrong} idempotency row(s) disagree with the log ({first})"]

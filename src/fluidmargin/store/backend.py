@@ -7,10 +7,14 @@
   ``public``); other query parameters go to libpq (e.g. ``sslmode``, ``connect_timeout``).
 
 Both have the API described by :class:`LogBackend`; snapshots stay files in a directory for both.
+
+A command line is visible to every user of the machine (``ps``): commands that take a store also read it
+from a file (``--db-file PATH``, one line) or from ``$FLUIDMARGIN_DB`` (:func:`target_from`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,6 +49,7 @@ class LogBackend(Protocol):
     def read_dicts(self, from_seq: int = 0) -> Iterator[tuple[int, dict[str, Any]]]: ...
     def read(self, from_seq: int = 0) -> Iterator[tuple[int, Event]]: ...
     def payload_at(self, seq: int) -> bytes | None: ...
+    def check_store(self) -> list[str]: ...  # what is wrong with the store beyond what a replay reads
     def close(self) -> None: ...
 
 
@@ -95,6 +100,43 @@ def describe(target: LogTarget) -> str:
 
         return redact(str(target))
     return str(sqlite_path(target))
+
+
+DB_ENV = "FLUIDMARGIN_DB"
+
+
+def target_from(arg: str | None, file: Path | None, name: str = "--db") -> str:
+    """The store's location: ``arg`` (the command line), else the one line of ``file``, else ``$FLUIDMARGIN_DB``.
+
+    ``arg`` and ``file`` together are a ValidationError, as are an empty file and no location at all.
+    """
+    if arg and file is not None:
+        raise ValidationError(f"give only one of {name} and --db-file")
+    if file is not None:
+        try:
+            lines = [ln.strip() for ln in file.read_text().splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValidationError(f"--db-file {file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        if not lines:
+            raise ValidationError(f"--db-file {file} is empty (it should hold the path or URL of the store)")
+        if len(lines) > 1:
+            raise ValidationError(f"--db-file {file}: one line expected (the path or URL), found {len(lines)}")
+        return lines[0]
+    if arg:
+        return arg
+    env = os.environ.get(DB_ENV, "").strip()
+    if env:
+        return env
+    raise ValidationError(f"no store given: pass {name}, --db-file FILE, or set ${DB_ENV}")
+
+
+def shows_password(target: str | None) -> bool:
+    """Whether ``target`` is a postgresql:// URL with a password in it (in the process list if on a command line)."""
+    if not target or scheme_of(target) != "postgresql":
+        return False
+    from fluidmargin.store.pg import redact
+
+    return redact(target) != target
 
 
 def _pg() -> type[PgEventLog]:

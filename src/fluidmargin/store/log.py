@@ -8,6 +8,7 @@ hash) written in the same transaction as the records it covers.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -41,7 +42,15 @@ class LogFormatError(ValidationError):
 
 
 class LogCorruptError(FluidMarginError):
-    """A stored record is unreadable or inconsistent (names the seq)."""
+    """A stored record is unreadable or inconsistent (names the seq), or the store itself is damaged."""
+
+
+class StoreUnavailable(FluidMarginError):
+    """The store cannot be reached now (a lost connection, a restarting server): retry later.
+
+    The call that raised it changed nothing, except an append whose commit may have reached the server:
+    the log's next append finds out (see :meth:`PgEventLog.append`).
+    """
 
 
 Row = tuple[int, int, str, bool, bytes]  # seq, ts_ns, type, is_input, payload
@@ -210,7 +219,8 @@ class EventLog:
     # --- reading ----------------------------------------------------------------------------------
 
     def _max_seq(self) -> int:
-        return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        with damaged_file(self.path):
+            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     def last_seq(self) -> int:
         """The last committed seq (0 for an empty log)."""
@@ -218,27 +228,41 @@ class EventLog:
 
     def count(self, inputs_only: bool = False) -> int:
         q = "SELECT COUNT(*) FROM events" + (" WHERE is_input = 1" if inputs_only else "")
-        return int(self._conn.execute(q).fetchone()[0])
+        with damaged_file(self.path):
+            return int(self._conn.execute(q).fetchone()[0])
 
     def checkpoint(self) -> tuple[int, str]:
         """The stored (seq, state hash) checkpoint."""
-        meta = dict(
-            self._conn.execute(
-                "SELECT key, value FROM meta WHERE key IN ('checkpoint_seq', 'checkpoint_hash')"
-            ).fetchall()
-        )
+        with damaged_file(self.path):
+            meta = dict(
+                self._conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('checkpoint_seq', 'checkpoint_hash')"
+                ).fetchall()
+            )
         return int(bytes(meta["checkpoint_seq"])), bytes(meta["checkpoint_hash"]).decode()
+
+    def check_store(self) -> list[str]:
+        """What SQLite's ``PRAGMA integrity_check`` finds wrong in the whole file (every table and index,
+        the service's included); empty when nothing."""
+        with damaged_file(self.path):
+            rows = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check(20)").fetchall()]
+        if rows == ["ok"]:
+            return []
+        detail = "; ".join(" ".join(r.split()) for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
+        return [f"{self.path}: the SQLite file is malformed (integrity_check: {detail})"]
 
     def read_dicts(self, from_seq: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(seq, event dict)`` for every record with ``seq >= from_seq``, in seq order.
 
         Checks each row's columns agree with its payload; a bad row is a LogCorruptError naming its seq.
         """
-        cur = self._conn.execute(
-            "SELECT seq, ts_ns, type, is_input, payload FROM events WHERE seq >= ? ORDER BY seq", (from_seq,)
-        )
+        with damaged_file(self.path):
+            cur = self._conn.execute(
+                "SELECT seq, ts_ns, type, is_input, payload FROM events WHERE seq >= ? ORDER BY seq", (from_seq,)
+            )
         while True:
-            rows = cur.fetchmany(_FETCH)
+            with damaged_file(self.path):
+                rows = cur.fetchmany(_FETCH)
             if not rows:
                 return
             for seq, ts_ns, typ, is_input, payload in rows:
@@ -266,11 +290,24 @@ class EventLog:
                 raise LogCorruptError(f"{self.path}: seq {seq}: {e}") from None
 
     def payload_at(self, seq: int) -> bytes | None:
-        row = self._conn.execute("SELECT payload FROM events WHERE seq = ?", (seq,)).fetchone()
+        with damaged_file(self.path):
+            row = self._conn.execute("SELECT payload FROM events WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def pragma(self, name: str) -> Any:
         return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+@contextlib.contextmanager
+def damaged_file(path: object) -> Iterator[None]:
+    """Turn SQLite's "database disk image is malformed" / "file is not a database" into a LogCorruptError
+    naming the file (other SQLite errors, e.g. a constraint or a full disk, pass unchanged)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        if type(e) is not sqlite3.DatabaseError:
+            raise
+        raise LogCorruptError(f"{path}: the SQLite file is damaged ({e})") from None
 
 
 def _pragmas(conn: sqlite3.Connection) -> None:

@@ -1,4 +1,4 @@
-"""Audit a log: replay it from empty (and from its latest snapshot), check outputs and hashes."""
+"""Audit a log: check the store, replay it from empty (and from its latest snapshot), check outputs and hashes."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 def verify_log(
     log: LogBackend, snapshot_dir: str | Path | None = None, expect_hash: str | None = None
 ) -> dict[str, Any]:
-    """A report dict; ``ok`` is true when replay reproduced every logged record, the state hash at the
-    checkpoint's seq equals the stored checkpoint, the snapshot route (if any) agrees, and the final
-    hash equals ``expect_hash`` (if given)."""
+    """A report dict; ``ok`` is true when the store passes its own checks (:meth:`LogBackend.check_store`:
+    SQLite's integrity check of the whole file, sanity queries on PostgreSQL), replay reproduced every
+    logged record, the state hash at the checkpoint's seq equals the stored checkpoint, the snapshot
+    route (if any) agrees, and the final hash equals ``expect_hash`` (if given)."""
     cseq, chash = log.checkpoint()
     report: dict[str, Any] = {
         "events": log.count(),
@@ -30,7 +31,7 @@ def verify_log(
         "checkpoint_hash": chash,
         "ok": False,
     }
-    errors: list[str] = []
+    errors: list[str] = list(log.check_store())
     try:
         engine = Engine(log.config)
         stats = replay(log, engine, hash_at=[cseq])
