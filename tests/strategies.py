@@ -73,6 +73,8 @@ VENUES: dict[str, Callable[[], EngineConfig]] = {
         perp_venue(("BTC", "ETH"), liquidation="partial"), liquidation_max_notional_quote_q=2_000 * 10**6
     ),
     "binance-breaker": lambda: dataclasses.replace(perp_venue(("BTC", "ETH")), breaker_band_ppm=50_000),
+    # half of the cross unrealised profit counts toward withdrawals (the default counts none)
+    "binance-upnl-half": lambda: dataclasses.replace(perp_venue(("BTC", "ETH")), withdraw_upnl_weight_ppm=500_000),
     # the waterfall: BTC auctions behind a backstop vault, ETH impact with its own fund, batched
     "waterfall": lambda: dataclasses.replace(
         waterfall_venue(insurance_fund_usd=200),
@@ -233,6 +235,18 @@ class Withdraw:
 
 
 @dataclass(frozen=True)
+class ProfitWithdraw:
+    """Move a price ``move_ppm`` in favour of one account's largest cross position, then withdraw: the
+    engine's withdrawable amount exactly (``exact``), or ``frac_ppm`` of what counting the whole
+    unrealised profit would free (equity - initial margin, at most the balance), often refused."""
+
+    who: int
+    move_ppm: int
+    exact: bool
+    frac_ppm: int
+
+
+@dataclass(frozen=True)
 class PairFill:
     a: int
     b: int
@@ -322,14 +336,32 @@ class Vault:
 
 @dataclass(frozen=True)
 class Admin:
-    """An operator action: 0 halt, 1 resume, 2 an engine parameter, 3 a market parameter, 4 a bad one."""
+    """An operator action: 0 halt, 1 resume, 2 an engine parameter, 3 a market parameter, 4 a bad one,
+    5 an oracle re-anchor (the pending level, or the index moved by -30 %, -10 %, +20 %), 6 an oracle
+    parameter."""
 
     kind: int
     market: int
     value: int
 
 
-Step = Open | Deposit | Withdraw | PairFill | Tick | Slide | Squeeze | Clock | Settle | Seed | Bad | Bid | Vault | Admin
+Step = (
+    Open
+    | Deposit
+    | Withdraw
+    | ProfitWithdraw
+    | PairFill
+    | Tick
+    | Slide
+    | Squeeze
+    | Clock
+    | Settle
+    | Seed
+    | Bad
+    | Bid
+    | Vault
+    | Admin
+)
 
 BAD_PRICES = ("NaN", "nan", "inf", "-inf", "-5", "0", "abc", "1e40", "", "1e", "--1")
 N_BAD_KINDS = 12
@@ -390,7 +422,7 @@ step_strategy: st.SearchStrategy[Step] = st.one_of(
         st.sampled_from([100_000, 1_000_000]),
         st.sampled_from([0, 5_000]),
     ),
-    st.builds(Admin, st.integers(0, 4), st.integers(0, 1), st.integers(0, 3)),
+    st.builds(Admin, st.integers(0, 6), st.integers(0, 1), st.integers(0, 3)),
     st.builds(
         Vault,
         st.sampled_from([0, 0, 1, 2]),
@@ -411,6 +443,13 @@ bids = st.builds(
 )
 weighted_steps = st.one_of(
     step_strategy,
+    st.builds(
+        ProfitWithdraw,
+        st.integers(0, 7),
+        st.integers(2_000, 60_000),
+        st.booleans(),
+        st.sampled_from([300_000, 1_000_000]),
+    ),
     main_ticks,
     main_ticks,
     bids,
@@ -516,6 +555,7 @@ class _Builder:
     def prelude(self) -> None:
         for a in ("BTC", "ETH"):
             self.price_text(a, START_PRICES[a])
+            self.price_text(a, START_PRICES[a], "q2")
         if self.yield_c is not None:
             self.price_text("WSTETH", self.wsteth_fair_q() * 995 // 1000)
         for _ in range(3):
@@ -552,6 +592,26 @@ class _Builder:
         bal = int(self.eng.bal[r, self.eng.coll_idx[asset]])
         amount = max(1, bal * s.frac_ppm // 10**6)
         self.emit(ev.WithdrawalRequested(self.step_time(), aid, asset, amount, event_id=self._id()))
+
+    def profit_withdraw(self, s: ProfitWithdraw) -> None:
+        aid = self.acct(s.who)
+        if aid is None:
+            return
+        eng = self.eng
+        r = eng.row(aid)
+        ps = [p for p in eng.positions_of(r) if eng.pos_size[p] and not eng.pos_iso[p]]
+        ps = [p for p in ps if eng.markets[int(eng.pos_mkt[p])].mark_q]
+        if not ps:
+            return
+        p = max(ps, key=lambda p: abs(int(eng.pos_size[p])) * (eng.markets[int(eng.pos_mkt[p])].mark_q or 0))
+        m = eng.markets[int(eng.pos_mkt[p])]
+        self.tick(Tick(self.assets.index(m.spec.base_asset), 0, s.move_ppm if eng.pos_size[p] > 0 else -s.move_ppm))
+        if s.exact:
+            amount = eng.withdrawable_quote_q(r)
+        else:
+            free = min(eng.cross_risk(r).equity_quote_q - eng.cross_initial(r), int(eng.bal[r, eng.quote_c]))
+            amount = free * s.frac_ppm // 10**6
+        self.emit(ev.WithdrawalRequested(self.step_time(), aid, "USD", max(amount, 1), event_id=self._id()))
 
     def _refresh(self, asset: str) -> None:
         idx = self.eng.index_q.get(asset)
@@ -666,7 +726,9 @@ class _Builder:
         last = self.eng.index_q.get(asset, START_PRICES[asset])
         new = max(1, last * (10**6 + s.move_ppm) // 10**6)
         if s.source == 0:
+            # the main price from a quorum: s1 and q2 agree (the default policy liquidates on two sources)
             self.price_text(asset, new, "s1")
+            self.price_text(asset, new, "q2")
         elif s.source in (1, 2):
             noise = (s.move_ppm % 7_001) - 3_500  # within ±0.35 % of the main price
             self.price_text(asset, new * (10**6 + noise) // 10**6, f"s{s.source + 1}")
@@ -845,6 +907,20 @@ class _Builder:
                 ("liquidation_fee_ppm", 10_000),
             ][s.value]
             self.emit(ev.ParameterChangeRequested(t, market, name, value, event_id=self._id()))
+        elif s.kind == 5:
+            asset = market.split("-")[0]
+            index = self.eng.index_q.get(asset, START_PRICES[asset])
+            moved = index * (700, 900, 1200)[max(s.value, 1) - 1] // 1000
+            level = "" if s.value == 0 else format_decimal(moved, PRICE_DECIMALS)
+            self.emit(ev.OracleReanchorRequested(t, asset, level, "test", event_id=self._id()))
+        elif s.kind == 6:
+            name, value = [
+                ("oracle.max_jump_ppm", 400_000),
+                ("oracle.single_source_liquidation", 1),
+                ("oracle.jump_window_ns", 0),
+                ("oracle.reanchor_prints", 1),
+            ][s.value]
+            self.emit(ev.ParameterChangeRequested(t, market, name, value, event_id=self._id()))
         else:
             self.emit(ev.ParameterChangeRequested(t, market, "size_decimals", 3, event_id=self._id()))
 
@@ -854,6 +930,7 @@ class _Builder:
             Open: self.open,
             Deposit: self.deposit,
             Withdraw: self.withdraw,
+            ProfitWithdraw: self.profit_withdraw,
             PairFill: self.pair_fill,
             Tick: self.tick,
             Slide: self.slide,

@@ -16,7 +16,7 @@ ALICE, BOB = 1, 2
 
 
 def desk() -> Desk:
-    d = Desk(without_funding(perp_venue(("BTC", "ETH"))))
+    d = Desk(without_funding(perp_venue(("BTC", "ETH"), single_source_liquidation=True)))
     d.price("BTC", "50000")
     d.price("ETH", "3000")
     d.open(ALICE, 2_000)

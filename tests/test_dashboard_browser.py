@@ -59,7 +59,7 @@ def test_dashboard_shows_live_liquidation_in_chromium(tmp_path: Path) -> None:
         pytest.fail(f"the browser test needs the playwright package: {e}")
 
     cfg = dataclasses.replace(
-        waterfall_venue(),
+        waterfall_venue(single_source_liquidation=True),  # one publisher feeds this venue: it opts in
         backstop=BackstopSpec(withdrawal_delay_ns=1),
         options=(
             OptionSpec(C60, "BTC", 60_000 * 10**8, EXP, "call"),

@@ -1,6 +1,8 @@
-"""Circuit breakers: halts and resumes are events; a halt stops new risk, never liquidations.
+"""Circuit breakers: halts and resumes are events; a halt stops new risk, and liquidations at the
+out-of-band price until it is confirmed (tests/test_breaker_policy.py has the policy in full).
 
-Parameters: band 10 % within a 5-minute window; two markets (BTC, ETH); Binance tiers, no funding.
+Parameters: band 10 % within a 5-minute window; two markets (BTC, ETH); Binance tiers, no funding; one
+price source, opted in to liquidate on it (so the breaker alone decides).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Desk:
 @pytest.fixture
 def desk() -> Desk:
     cfg = dataclasses.replace(
-        perp_venue(("BTC", "ETH"), funding_source="published", staleness_s=3600),
+        perp_venue(("BTC", "ETH"), funding_source="published", staleness_s=3600, single_source_liquidation=True),
         breaker_band_ppm=100_000,
         breaker_window_ns=300 * S,
     )
@@ -59,12 +61,12 @@ def kinds(out: list[ev.Event], cls: type) -> list[ev.Event]:
     return [o for o in out if isinstance(o, cls)]
 
 
-def test_a_move_beyond_the_band_halts_new_risk_but_liquidates(desk: Desk) -> None:
+def test_a_move_beyond_the_band_halts_new_risk_and_liquidations_at_that_price(desk: Desk) -> None:
     # 50,000 -> 44,000 within the window: a 13.6 % range > 10 %. Alice's equity 600 - 600 = 0 < mm:
-    # she is liquidated in the same tick although the market halts.
+    # she is in breach, but not liquidated at the out-of-band price that tripped the breaker.
     out = desk.price("BTC", "44000")
     assert [(o.market, o.reason.startswith("price range")) for o in kinds(out, ev.MarketHalted)] == [("BTC-PERP", True)]
-    assert [o.account_id for o in kinds(out, ev.PositionLiquidated)] == [ALICE]
+    assert kinds(out, ev.PositionLiquidated) == []
     # new risk is refused while halted ...
     refused = desk.fill(CAROL, BTC // 100, 44_000)
     assert "halted" in kinds(refused, ev.InputRejected)[0].reason
@@ -72,6 +74,11 @@ def test_a_move_beyond_the_band_halts_new_risk_but_liquidates(desk: Desk) -> Non
     assert not kinds(desk.fill(BOB, BTC // 100, 44_000), ev.InputRejected)
     # the other market is unaffected
     assert "ETH-PERP" not in desk.eng.halted
+    # 44,000 holds for the whole window: confirmed, the market resumes and alice is liquidated
+    desk.t += 301 * S
+    out = desk.price("BTC", "44000")
+    assert [o.market for o in kinds(out, ev.MarketResumed)] == ["BTC-PERP"]
+    assert [o.account_id for o in kinds(out, ev.PositionLiquidated)] == [ALICE]
 
 
 def test_the_market_resumes_once_the_move_leaves_the_window(desk: Desk) -> None:

@@ -28,7 +28,13 @@ def px(x: int) -> int:
 
 @pytest.fixture
 def venue() -> tuple[Engine, list[int]]:
-    cfg = perp_venue(("BTC",), preset="hyperliquid", funding_source="published", liquidation="partial")
+    cfg = perp_venue(
+        ("BTC",),
+        preset="hyperliquid",
+        funding_source="published",
+        liquidation="partial",
+        single_source_liquidation=True,
+    )
     eng = Engine(cfg)
     t = [1]
 
@@ -96,7 +102,13 @@ def test_a_per_event_cap_spreads_the_liquidation_over_ticks() -> None:
     import dataclasses
 
     cfg = dataclasses.replace(
-        perp_venue(("BTC",), preset="hyperliquid", funding_source="published", liquidation="partial"),
+        perp_venue(
+            ("BTC",),
+            preset="hyperliquid",
+            funding_source="published",
+            liquidation="partial",
+            single_source_liquidation=True,
+        ),
         liquidation_max_notional_quote_q=usd(10_000),
     )
     eng = Engine(cfg)

@@ -364,6 +364,30 @@ def test_an_accepted_opening_fill_leaves_its_buckets_at_initial_margin(scn: Scen
             assert eng.cross_risk(r).equity_quote_q >= eng.cross_initial(r), e
 
 
+# --- 5b. withdrawals ------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(scn=scenarios())
+def test_the_withdrawable_amount_is_exactly_what_the_engine_accepts(scn: Scenario) -> None:
+    """A quote withdrawal is accepted iff it is at most the engine's withdrawable figure (read at the
+    withdrawal's time), and leaves the cross bucket at initial margin with unrealised profit weighted."""
+    eng = Engine(scn.cfg)
+    for e in scn.events:
+        r = eng.row(e.account_id) if isinstance(e, ev.WithdrawalRequested) else None
+        if r is None or e.asset != scn.cfg.quote or e.event_id in eng.seen_ids or e.ts_ns < eng.now_ns:
+            eng.apply(e)
+            continue
+        now, eng.now_ns = eng.now_ns, e.ts_ns  # judged at the event's time, as apply does
+        allowed = eng.withdrawable_quote_q(r)
+        eng.now_ns = now
+        ok = accepted(eng.apply(e))
+        assert ok == (e.amount_q <= allowed), f"withdrawable {allowed} but {e!r} accepted={ok}"
+        if ok:
+            assert eng.withdrawal_headroom_quote_q(r) >= 0
+        event(f"withdrawal accepted {ok}")
+
+
 # --- 6. liquidation outcomes ----------------------------------------------------------------------
 
 
@@ -432,3 +456,26 @@ def test_generated_sequences_do_reach_liquidations_bankruptcies_and_socialised_l
     assert seen["FundingSettled"] > 0
     missing = [k for k in REACHED[venue] if not seen[k]]
     assert not missing, f"the generator never reached {missing} on {venue}: {dict(seen)}"
+
+
+def test_generated_sequences_do_reach_quorum_re_anchoring_and_breaker_halts() -> None:
+    """Guard on the generator: quorum oracles (several sources), re-anchoring, divergence and
+    breaker halts, and liquidations held back by a halt, all appear."""
+    seen: Counter[str] = Counter()
+
+    @settings(SETTINGS, max_examples=60)
+    @given(scn=scenarios(venues=("binance", "binance-breaker", "waterfall")))
+    def collect(scn: Scenario) -> None:
+        eng = Engine(scn.cfg)
+        for _seq, e in eng.apply_all(scn.events):
+            seen[type(e).__name__] += 1
+            if isinstance(e, ev.MarketHalted):
+                seen["halt: " + e.reason.split(" ")[0]] += 1
+            if isinstance(e, ev.PriceObserved):
+                seen["source " + e.source] += 1
+        if eng.index_n and max(eng.index_n.values()) >= 2:
+            seen["quorum index"] += 1
+
+    collect()
+    for k in ("OracleReanchored", "quorum index", "source q2", "halt: price", "halt: oracle", "MarketResumed"):
+        assert seen[k] > 0, f"the generator never reached {k!r}: {dict(seen)}"

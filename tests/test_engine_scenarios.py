@@ -62,7 +62,7 @@ def same_state_as_a_rejection_at_the_door(d: Desk, attempt: ev.Event) -> tuple[l
 @pytest.fixture
 def hyperliquid_no_funding() -> Desk:
     # hyperliquid tiers: BTC mmr 1/(2*40) = 1.25 %, ETH 1/(2*25) = 2 %; liquidation fee 0.5 %
-    return desk_for(without_funding(perp_venue(("BTC", "ETH"), preset="hyperliquid")))
+    return desk_for(without_funding(perp_venue(("BTC", "ETH"), preset="hyperliquid", single_source_liquidation=True)))
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def alice_long_0_2btc_1eth_cross(hyperliquid_no_funding: Desk) -> Desk:
 @pytest.fixture
 def binance_no_funding() -> Desk:
     # binance BTCUSDT brackets: 0.4 % below 50,000 USD notional; liquidation fee 0.5 %
-    return desk_for(without_funding(perp_venue(("BTC", "ETH"))))
+    return desk_for(without_funding(perp_venue(("BTC", "ETH"), single_source_liquidation=True)))
 
 
 @pytest.fixture
@@ -135,7 +135,8 @@ def test_a_gap_through_zero_equity_ends_bankrupt_and_the_shortfall_is_covered(
 ) -> None:
     # ADL off (tests/test_waterfall.py covers it): the fund, then a socialised loss
     no_adl = {a: LiquidationPolicy(adl=False) for a in ("BTC", "ETH")}
-    d = desk_for(without_funding(perp_venue(("BTC", "ETH"), insurance_fund_usd=fund_usd, policies=no_adl)))
+    cfg = perp_venue(("BTC", "ETH"), insurance_fund_usd=fund_usd, policies=no_adl, single_source_liquidation=True)
+    d = desk_for(without_funding(cfg))
     # Alice: 150 USD, long 0.1 BTC @ 50,000 at 50x (IM 5,000 / 50 = 100 <= 150)
     d.open(ALICE, 150)
     d.pair(ALICE, BOB, "BTC-PERP", base("0.1"), px(50_000), leverage=50)
@@ -247,7 +248,7 @@ def test_pre_trade_check_rejects_a_fill_beyond_initial_margin_and_changes_nothin
 def test_a_rejected_fill_after_quiet_time_changes_nothing_either() -> None:
     """An hour without a BTC index change, then a fill beyond initial margin: still nothing may
     change (the funding index, with one hour of funding not yet accrued, is part of the state)."""
-    d = desk_for(perp_venue(("BTC", "ETH")))  # with funding
+    d = desk_for(perp_venue(("BTC", "ETH"), single_source_liquidation=True))  # with funding
     d.open(ALICE, 1_000)
     d.t += HOUR
     d.price("BTC", "50000")  # fresh, but the same index: nothing is re-margined or accrued
@@ -295,7 +296,7 @@ def test_a_withdrawal_must_keep_initial_margin(
 @pytest.fixture
 def alice_long_1btc_bob_short() -> Desk:
     """Binance venue with funding: the computed rate is the 0.01 %/8h interest (mark == index)."""
-    d = desk_for(perp_venue(("BTC", "ETH")))
+    d = desk_for(perp_venue(("BTC", "ETH"), single_source_liquidation=True))
     d.open(ALICE, 20_000)
     d.pair(ALICE, BOB, "BTC-PERP", base(1), px(50_000), leverage=10)
     return d
@@ -348,7 +349,7 @@ def test_funding_accrued_by_someone_elses_settlement_is_seen_by_the_next_tick() 
     liquidate alice; the incremental screen still carries ETH's contribution from before the accrual."""
     results = []
     for screen in ("incremental", "reference"):
-        d = desk_for(perp_venue(("BTC", "ETH")), screen)
+        d = desk_for(perp_venue(("BTC", "ETH"), single_source_liquidation=True), screen)
         d.open(ALICE, 8_500)
         d.pair(ALICE, BOB, "BTC-PERP", base(1), px(50_000), leverage=10)
         d.pair(ALICE, BOB, "ETH-PERP", base(10), px(3_000), leverage=10)
@@ -364,7 +365,7 @@ def test_funding_accrued_by_someone_elses_settlement_is_seen_by_the_next_tick() 
 
 
 def test_a_seeded_position_owes_no_funding_for_the_time_before_it_existed() -> None:
-    d = Desk(perp_venue(("BTC", "ETH")))
+    d = Desk(perp_venue(("BTC", "ETH"), single_source_liquidation=True))
     d.price("BTC", "50000")
     d.t += 4 * HOUR
     d.price("BTC", "50000")  # fresh again, same index: the funding index is not accrued here
@@ -388,7 +389,7 @@ def yield_venue() -> Desk:
     # de-peg: market more than 2 % below fair -> a further 10 % haircut. The desk starts at t = 0 and
     # steps 1 us per event: within the first 100 us the fair price 3,000 x (1 + 0.035 x 1e-4 / 31,536,000)
     # is 3,000 to the price quantum (1e-8).
-    d = Desk(perp_venue(("BTC", "ETH"), yield_collateral=True), t0=0, step_ns=1_000)
+    d = Desk(perp_venue(("BTC", "ETH"), yield_collateral=True, single_source_liquidation=True), t0=0, step_ns=1_000)
     d.price("BTC", "50000")
     d.price("ETH", "3000")
     d.open(BOB, 1_000_000)
@@ -442,7 +443,7 @@ def test_a_depeg_that_arises_from_yield_accrual_alone_is_margined() -> None:
     breach; the next ClockAdvanced must see it on both screens."""
     results = []
     for screen in ("incremental", "reference"):
-        d = Desk(perp_venue(("BTC", "ETH"), yield_collateral=True), screen)
+        d = Desk(perp_venue(("BTC", "ETH"), yield_collateral=True, single_source_liquidation=True), screen)
         d.price("BTC", "50000")
         d.price("ETH", "3000")
         d.price("WSTETH", "2943")  # 1.9 % below fair 3,000
@@ -497,14 +498,16 @@ def test_a_stale_price_blocks_opening_and_withdrawals_but_still_margins(
         # two sources 6 % apart: each is ~2.9 % from their mean; no majority agrees -> rejected
         pytest.param(("50000", "53000"), "50000", "DIVERGENT", id="two-diverging"),
         # s2 at 54,000 diverges from s1 (rejected); s3 at 52,000 makes three sources 4 % apart: only
-        # the median itself is within 2 % of it, one of three is no majority -> rejected again
-        pytest.param(("50000", "54000", "52000"), "50000", "DIVERGENT", id="no-majority"),
+        # the median itself is within 2 % of it, no majority. The source farthest from the index
+        # 50,000 (s2) is set aside (the market halts, naming it); s1 and s3 agree within 2 % of their
+        # median (50,000 + 52,000) / 2 = 51,000: the index
+        pytest.param(("50000", "54000", "52000"), "51000", None, id="no-majority"),
     ],
 )
 def test_multiple_sources_median_outlier_and_divergence(
     prices: tuple[str, ...], index: str, rejected_reason: str | None
 ) -> None:
-    d = Desk(perp_venue(("BTC", "ETH")))
+    d = Desk(perp_venue(("BTC", "ETH"), single_source_liquidation=True))
     out: list[ev.Event] = []
     for i, p in enumerate(prices):
         out = d.price("BTC", p, source=f"s{i + 1}")
@@ -525,7 +528,7 @@ def test_released_isolated_margin_restores_the_cross_bucket_before_it_is_liquida
     above maintenance; ten days of funding push both into breach in one ClockAdvanced. The isolated
     bucket is worse and goes first: its liquidation releases ~365 USD to the cross balance, which
     lifts the cross bucket back above maintenance. The cross BTC position must not be liquidated."""
-    d = desk_for(perp_venue(("BTC", "ETH"), preset="hyperliquid"))
+    d = desk_for(perp_venue(("BTC", "ETH"), preset="hyperliquid", single_source_liquidation=True))
     d.open(ALICE, 2_450)
     d.pair(ALICE, BOB, "BTC-PERP", base(1), px(50_000), leverage=40)
     d.pair(

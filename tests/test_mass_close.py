@@ -102,7 +102,7 @@ def per_account(outs: list[ev.Event]) -> Counter[str]:
     hours=st.integers(0, 30),
 )
 def test_kernel_and_python_paths_agree(liquidation: str, accounts: list, move_ppm: int, hours: int) -> None:
-    base = perp_venue(("BTC", "ETH"), liquidation=liquidation, insurance_fund_usd=10**9)
+    base = perp_venue(("BTC", "ETH"), liquidation=liquidation, insurance_fund_usd=10**9, single_source_liquidation=True)
     fast = dataclasses.replace(base, mass_close_min=1)
     slow = dataclasses.replace(base, mass_close_min=10**9)
     h_fast, o_fast = run(fast, accounts, move_ppm, hours)
@@ -114,7 +114,8 @@ def test_kernel_and_python_paths_agree(liquidation: str, accounts: list, move_pp
 
 def test_a_crash_tick_goes_through_the_kernel() -> None:
     """Guard: the comparison above really exercises the kernel (a columnar event comes out)."""
-    cfg = dataclasses.replace(perp_venue(("BTC", "ETH"), insurance_fund_usd=10**9), mass_close_min=1)
+    venue = perp_venue(("BTC", "ETH"), insurance_fund_usd=10**9, single_source_liquidation=True)
+    cfg = dataclasses.replace(venue, mass_close_min=1)
     accounts = [("BTC-PERP", True, 50, 100, 0, i % 2 == 0) for i in range(10)]
     _h, outs = run(cfg, accounts, -30_000, 1)
     batch = [o for o in outs if isinstance(o, ev.PositionsLiquidated)]

@@ -57,7 +57,7 @@ def _slice(crash_dir: Path, limit: int) -> dict[str, object]:
 
 def test_stream_order_and_ohlc_path(crash_dir: Path) -> None:
     candles = _slice(crash_dir, 30)
-    cfg = perp_venue(("BTC", "ETH"))
+    cfg = perp_venue(("BTC", "ETH"), single_source_liquidation=True)
     sc = Scenario(cfg, candles, None, PopulationSpec(100, 1), path="ohlc", clock_every_s=600)
     events = list(sc.events())
     assert len(events) == sc.count()
@@ -81,7 +81,7 @@ def test_funding_published_at_the_start_of_its_interval(prices_dir: Path) -> Non
         0, 1000
     )  # 10:33 .. 03:13: funding at 16:00 and 00:00
     fund = load_funding(d / "BTC_USDT_USDT-8h-funding_rate.csv")
-    cfg = perp_venue(("BTC",), funding_source="published")
+    cfg = perp_venue(("BTC",), funding_source="published", single_source_liquidation=True)
     sc = Scenario(cfg, {"BTC": btc}, {"BTC": fund}, PopulationSpec(200, 1), path="close")
     pubs = [e for e in sc.events() if isinstance(e, ev.FundingRatePublished)]
     ts = fund.ts_ms * 1_000_000
@@ -100,7 +100,7 @@ def test_funding_published_at_the_start_of_its_interval(prices_dir: Path) -> Non
 
 def test_report_is_deterministic_and_consistent(crash_dir: Path) -> None:
     candles = _slice(crash_dir, 120)
-    cfg = perp_venue(("BTC", "ETH"))
+    cfg = perp_venue(("BTC", "ETH"), single_source_liquidation=True)
 
     def once(seed: int) -> tuple[report.RunResult, list[tuple[int, ev.Event]]]:
         eng = Engine(cfg)
@@ -239,7 +239,7 @@ def test_replay_cli_reports_a_bad_file_with_its_line(tmp_path: Path) -> None:
 
 
 def test_a_rejected_population_stops_the_run() -> None:
-    cfg = perp_venue(("BTC",))
+    cfg = perp_venue(("BTC",), single_source_liquidation=True)
     seed = ev.AccountsSeeded(1, [1], [10**9], [0], ["BTC-PERP"], [10**8], [60_000 * 10**8], [0], [0], [10])
     with pytest.raises(FluidMarginError, match="rejected the account population: market BTC-PERP has no"):
         report.run(report.EngineTarget(Engine(cfg)), [seed], 60 * 10**9)

@@ -327,9 +327,11 @@ def test_replay_cli_default_output_keeps_its_shape(tmp_path: Path) -> None:
     assert s["liquidations"] > 0
     _w, h = _png_size(out / "chart.png")
     assert h == 11 * 110  # the four panels, as before
-    # --liquidation close_at_mark is the default venue, unchanged
+    # --liquidation close_at_mark is the default venue, unchanged but for the oracle: a replay has one
+    # price feed (the candles), so it opts in to liquidating on a single source
     candles = _candles(60)
-    assert replay_venue(candles, "close_at_mark").to_dict() == perp_venue(("BTC", "ETH")).to_dict()
+    want = perp_venue(("BTC", "ETH"), single_source_liquidation=True)
+    assert replay_venue(candles, "close_at_mark").to_dict() == want.to_dict()
     from typer.testing import CliRunner
 
     from fluidmargin.cli.main import app

@@ -258,7 +258,8 @@ def test_duplicate_event_ids_are_logged_once(tmp_path: Path) -> None:
 def test_live_replay_and_snapshot_hashes_agree(tmp_path: Path) -> None:
     path, sdir = tmp_path / "a.fmlog", tmp_path / "snaps"
     events = stream(3000)
-    runner = Runner.open_or_create(path, perp_venue(), snapshot_dir=sdir, group_size=100)
+    # the synthetic stream has one price feed: the venue opts in to liquidating on it
+    runner = Runner.open_or_create(path, perp_venue(single_source_liquidation=True), snapshot_dir=sdir, group_size=100)
     for i, e in enumerate(events, 1):
         runner.submit(e)
         if i % 900 == 0:

@@ -92,6 +92,7 @@ def venue(
             liquidation=liquidation,
             policies=policies,
             backstop=backstop,
+            single_source_liquidation=True,  # one price source drives these scenarios
         )
     )
     if btc_fee_ppm is not None:

@@ -10,10 +10,12 @@ exposed bucket: the twin the property tests compare against (same events, same s
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import itertools
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -31,6 +33,7 @@ from fluidmargin.core.units import (
     QUOTE_SCALE,
     Rounding,
     div_round,
+    parse_decimal,
 )
 from fluidmargin.engine import liquidation as liq
 from fluidmargin.engine import options as opt
@@ -45,6 +48,24 @@ from fluidmargin.risk import oracle as orc
 
 YEAR_NS = 365 * 24 * 3600 * NS_PER_S
 MANUAL_HALT = "operator:"
+DIVERGENCE_HALT = "oracle sources diverge:"  # the automatic halts: sources set aside for divergence ...
+RANGE_HALT = "price range"  # ... and the range breaker (risk.breaker.range_halt's reason)
+# oracle policy fields an operator may change: per market (``oracle.<name>``: the policy of its base
+# asset) or venue-wide (``default_oracle.<name>``)
+ORACLE_PARAMETERS = (
+    "max_staleness_ns",
+    "max_jump_ppm",
+    "min_confidence_ppm",
+    "max_divergence_ppm",
+    "min_sources",
+    "min_sources_liquidation",
+    "single_source_liquidation",
+    "jump_window_ns",
+    "reanchor_prints",
+    "reanchor_after_ns",
+    "reanchor_tolerance_ppm",
+    "divergence_halt_ns",
+)
 ISO_BUCKET = "isolated:"
 
 
@@ -166,7 +187,12 @@ class Engine:
         self.src_last: dict[tuple[str, str], tuple[int, int]] = {}
         self.index_q: dict[str, int] = {}
         self.index_ts: dict[str, int] = {}
-        self.index_hist: dict[str, list[tuple[int, int]]] = {}  # valid index samples within the breaker window
+        # index samples within the breaker's and the jump limit's windows (kept with the breaker off too)
+        self.index_hist: dict[str, list[tuple[int, int]]] = {}
+        self.index_n: dict[str, int] = {}  # sources the index agrees with (liquidation needs a quorum)
+        self.reanchor: dict[str, orc.Pending] = {}  # a level refused as a jump, pending re-anchoring
+        self.anchor_ts: dict[str, int] = {}  # source prints before the last re-anchor no longer count
+        self.diverged: dict[str, int] = {}  # asset -> since when a source is set aside for divergence
         self.halted: dict[str, str] = {}  # market -> why its circuit breaker stopped new risk
         # ledgers (quote quantums unless per asset); the insurance funds live in the waterfall
         self.wf = wfl.Waterfall(self)
@@ -413,20 +439,48 @@ class Engine:
         r, c = target
         if int(self.bal[r, c]) < e.amount_q:
             return f"insufficient {e.asset} balance"
-        if self.status[r] not in (HEALTHY,):
-            return f"account is {STATUS_NAMES[int(self.status[r])]}"
-        blocked = self._oracle_blocked(self._cross_assets(r), orc.Action.OPEN) or self._valuation_blocked(r)
+        blocked = self._withdrawal_blocked(r)
         if blocked:
             return blocked
         self.bal[r, c] -= e.amount_q
-        risk = self.cross_risk(r)
-        im = self.cross_initial(r)
-        if risk.equity_quote_q < im:
+        headroom = self.withdrawal_headroom_quote_q(r)
+        if headroom < 0:
             self.bal[r, c] += e.amount_q
-            return f"withdrawal would leave equity {risk.equity_quote_q} below initial margin {im}"
+            im = self.cross_initial(r)
+            return (
+                f"withdrawal would leave equity {im + headroom} below initial margin {im} "
+                f"(unrealised profit counts at {self.cfg.withdraw_upnl_weight_ppm} ppm)"
+            )
         self.withdrawals[c] += e.amount_q
         self._resync(r)
         return ""
+
+    def _withdrawal_blocked(self, r: int) -> str:
+        """Why account row ``r`` may not withdraw now, whatever the amount (empty: it may)."""
+        if self.status[r] not in (HEALTHY,):
+            return f"account is {STATUS_NAMES[int(self.status[r])]}"
+        return self._oracle_blocked(self._cross_assets(r), orc.Action.OPEN) or self._valuation_blocked(r)
+
+    def withdrawal_headroom_quote_q(self, r: int) -> int:
+        """Cross equity that counts toward a withdrawal less initial margin (``margin.withdrawal_headroom_quote_q``).
+
+        Cross perpetuals' price profit counts at ``withdraw_upnl_weight_ppm``; losses, funding owed,
+        collateral and option values in full. Isolated positions hold their margin and their P&L in
+        their own buckets: neither counts here (nor does their margin sit in the balance).
+        """
+        pnl = []
+        for p in self.positions_of(r):
+            if self.pos_size[p] and not self.pos_iso[p]:
+                pnl.append(self.position_risk(p).value_quote_q - int(self.pos_cost[p]))
+        fixed = self.cross_risk(r).equity_quote_q - sum(pnl)  # collateral - funding owed (+ option values)
+        w = self.cfg.withdraw_upnl_weight_ppm
+        return margin.withdrawal_headroom_quote_q(fixed, pnl, self.cross_initial(r), w)
+
+    def withdrawable_quote_q(self, r: int) -> int:
+        """How much of the quote asset account row ``r`` may withdraw now (the engine's own check, read-only)."""
+        if self._withdrawal_blocked(r):
+            return 0
+        return max(0, min(self.withdrawal_headroom_quote_q(r), int(self.bal[r, self.quote_c])))
 
     def collateral_value_quote_q(self, c: int, amount_q: int) -> int:
         """Weighted value of ``amount_q`` of collateral ``c`` in quote quantums, rounded down."""
@@ -679,10 +733,12 @@ class Engine:
             if risk.equity_quote_q < im:
                 return f"pre-trade check: equity {risk.equity_quote_q} below initial margin {im} after the fill"
         if e.isolated_margin_quote_q:
-            # margin moved out of the cross bucket must not leave it below its own initial margin
-            risk, im = self.cross_risk(r), self.cross_initial(r)
-            if risk.equity_quote_q < im:
-                return f"pre-trade check: cross equity {risk.equity_quote_q} below initial margin {im} after the move"
+            # margin moved out of the cross bucket is withdrawn from it: it must keep initial margin with
+            # unrealised profit weighted as for a withdrawal
+            headroom = self.withdrawal_headroom_quote_q(r)
+            if headroom < 0:
+                im = self.cross_initial(r)
+                return f"pre-trade check: cross equity {im + headroom} below initial margin {im} after the move"
         return ""
 
     def take_position(
@@ -1045,6 +1101,21 @@ class Engine:
             v = orc.staleness(self.now_ns, self.index_ts.get(a), pol)
             if not orc.allowed(v, action, pol):
                 return f"oracle for {a} is {v.name}: {action.value} not allowed"
+            if action is orc.Action.LIQUIDATE:
+                n = self.index_n.get(a, 0)
+                if not orc.liquidation_grade(n, pol):
+                    return f"oracle for {a}: {n} agreeing source(s), liquidation needs {pol.min_sources_liquidation}"
+                halt = self.auto_halt(a)
+                if halt:
+                    return f"oracle for {a}: halted ({halt}), no liquidation until the price is confirmed"
+        return ""
+
+    def auto_halt(self, asset: str) -> str:
+        """The automatic halt (range breaker, divergence) on one of the asset's markets, if any."""
+        for m in self.markets_of_asset[asset]:
+            why = self.halted.get(m.spec.symbol, "")
+            if why and not why.startswith(MANUAL_HALT):
+                return why
         return ""
 
     def _on_PriceObserved(self, e: ev.PriceObserved, out: list[ev.Event]) -> str:
@@ -1055,47 +1126,173 @@ class Engine:
         pol = self.cfg.policy(e.asset)
         key = (e.asset, e.source)
         last = self.src_last.get(key)
-        cl = orc.classify(e.price, e.confidence_ppm, e.ts_ns, last[1] if last else None, self.index_q.get(e.asset), pol)
-        if cl.validity != orc.Validity.VALID:
+        was_open = not self._oracle_blocked([e.asset], orc.Action.LIQUIDATE)
+        window = self._jump_window(e.asset, pol)
+        cl = orc.classify(
+            e.price, e.confidence_ppm, e.ts_ns, last[1] if last else None, self.index_q.get(e.asset), pol, window
+        )
+        if cl.validity == orc.Validity.TOO_VOLATILE and cl.price_q is not None:
+            pend = orc.reanchor_step(self.reanchor.get(e.asset), e.source, cl.price_q, e.ts_ns, pol)
+            if not orc.reanchor_ready(pend, self.now_ns, pol):
+                self.reanchor[e.asset] = pend
+                out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, f"TOO_VOLATILE: {cl.reason}"))
+                return ""
+            self._adopt(e.asset, pend, out)
+        elif cl.validity != orc.Validity.VALID:
             out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, f"{cl.validity.name}: {cl.reason}"))
             return ""
-        assert cl.price_q is not None
-        self.src_last[key] = (cl.price_q, e.ts_ns)
-        fresh = sorted(
-            p for (a, _s), (p, t) in self.src_last.items() if a == e.asset and self.now_ns - t <= pol.max_staleness_ns
-        )
-        validity, index, why = orc.aggregate(fresh, pol)
-        if validity != orc.Validity.VALID or index is None:
-            out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, f"{validity.name}: {why}"))
-            if validity == orc.Validity.DIVERGENT:
-                self._halt(e.asset, f"oracle sources diverge: {why}", out)
-            return ""
-        self.index_ts[e.asset] = e.ts_ns
-        self._breaker(e.asset, index, out)
-        if self.index_q.get(e.asset) == index:
-            return ""
-        self.index_q[e.asset] = index
-        out.append(ev.IndexPriceUpdated(e.ts_ns, e.asset, index))
-        self._on_index(e.asset, out)
+        else:
+            assert cl.price_q is not None
+            self.src_last[key] = (cl.price_q, e.ts_ns)
+            self.reanchor.pop(e.asset, None)  # the sources still print within the limit: no new level
+        self._reindex(e, was_open, out)
         return ""
+
+    def _jump_window(self, asset: str, pol: Any) -> list[int]:
+        """The index samples the jump limit holds against besides the last index."""
+        if not pol.jump_window_ns:
+            return []
+        cut = self.now_ns - pol.jump_window_ns
+        return [p for t, p in self.index_hist.get(asset, ()) if t >= cut]
+
+    def fresh_sources(self, asset: str, now_ns: int | None = None) -> dict[str, int]:
+        """The sources' latest prices that count for the index at ``now_ns`` (default: engine time):
+        fresh, and printed since the last re-anchor."""
+        now = self.now_ns if now_ns is None else now_ns
+        pol = self.cfg.policy(asset)
+        since = self.anchor_ts.get(asset, 0)
+        return {
+            s: p
+            for (a, s), (p, t) in sorted(self.src_last.items())
+            if a == asset and now - t <= pol.max_staleness_ns and t >= since
+        }
+
+    def _reindex(self, e: ev.PriceObserved, was_open: bool, out: list[ev.Event]) -> None:
+        """Aggregate the sources after a print: a new index (marked, re-margined), a divergence, or none."""
+        asset = e.asset
+        agg = orc.aggregate_sources(self.fresh_sources(asset), self.index_q.get(asset), self.cfg.policy(asset))
+        if agg.index_q is None or (agg.validity != orc.Validity.VALID and e.source in agg.outliers):
+            why = f"{agg.validity.name}: {agg.reason}"
+            out.append(ev.OraclePriceRejected(e.ts_ns, e.source, e.asset, e.price, why))
+        if agg.validity == orc.Validity.DIVERGENT:
+            self._diverge(asset, agg.reason, out)
+        else:
+            self.diverged.pop(asset, None)
+        if agg.index_q is None:
+            return
+        self.index_ts[asset] = e.ts_ns
+        self.index_n[asset] = agg.n_sources
+        self._breaker(asset, agg.index_q, out)
+        if self.index_q.get(asset) != agg.index_q:
+            self.index_q[asset] = agg.index_q
+            out.append(ev.IndexPriceUpdated(e.ts_ns, asset, agg.index_q))
+            self._on_index(asset, out)
+        elif not was_open and not self._oracle_blocked([asset], orc.Action.LIQUIDATE):
+            self._reopen(asset, out)  # the same price, now confirmed: liquidations wait no longer
+
+    def _diverge(self, asset: str, why: str, out: list[ev.Event]) -> None:
+        """Sources set aside for divergence: halt new risk, for at most the policy's divergence_halt_ns."""
+        since = self.diverged.setdefault(asset, self.now_ns)
+        if self.now_ns - since < self.cfg.policy(asset).divergence_halt_ns:
+            self._halt(asset, f"{DIVERGENCE_HALT} {why}", out)
+        else:
+            self._lift(asset, (DIVERGENCE_HALT,), out)
+
+    def _adopt(self, asset: str, pend: orc.Pending, out: list[ev.Event]) -> None:
+        """Re-anchor on a level the sources printed consistently: their prints become their prices."""
+        for s, p, t in pend.sources:
+            self.src_last[(asset, s)] = (p, t)
+        self.anchor_ts[asset] = pend.first_ts_ns
+        self.index_hist[asset] = []
+        del self.reanchor[asset]
+        why = f"{pend.count} consistent prints over {self.now_ns - pend.first_ts_ns} ns"
+        out.append(ev.OracleReanchored(self.now_ns, asset, self.index_q.get(asset, 0), pend.last_q, why))
+
+    def _on_OracleReanchorRequested(self, e: ev.OracleReanchorRequested, out: list[ev.Event]) -> str:
+        """An operator's new reference level: the index moves to it (and margins); liquidations wait for
+        a quorum of sources printing near it (the jump limit now holds from it)."""
+        if e.asset not in self.markets_of_asset:
+            return f"unknown asset {e.asset!r}"
+        if e.price == "":
+            pend = self.reanchor.get(e.asset)
+            if pend is None:
+                return f"no pending level to adopt for {e.asset}: give a price"
+            price_q = pend.last_q
+        else:
+            try:
+                price_q = parse_decimal(e.price, PRICE_DECIMALS, Rounding.FLOOR, "price")
+            except ValidationError as exc:
+                return f"price: {exc}"
+            if not 0 < price_q <= MAX_QUANTUMS // 4:
+                return "price must be positive (and within range)"
+        was_open = not self._oracle_blocked([e.asset], orc.Action.LIQUIDATE)
+        old = self.index_q.get(e.asset, 0)
+        self.reanchor.pop(e.asset, None)
+        self.diverged.pop(e.asset, None)
+        self.anchor_ts[e.asset] = self.now_ns
+        self.index_hist[e.asset] = [(self.now_ns, price_q)]
+        self.index_n[e.asset] = 0  # the operator's level margins; the sources make it liquidation-grade
+        out.append(ev.OracleReanchored(self.now_ns, e.asset, old, price_q, f"{MANUAL_HALT} {e.reason}".strip()))
+        self._lift(e.asset, (RANGE_HALT, DIVERGENCE_HALT), out)
+        if old != price_q:
+            self.index_q[e.asset] = price_q
+            out.append(ev.IndexPriceUpdated(self.now_ns, e.asset, price_q))
+            self._on_index(e.asset, out)
+        elif not was_open and not self._oracle_blocked([e.asset], orc.Action.LIQUIDATE):
+            self._reopen(e.asset, out)
+        return ""
+
+    def _oracle_clock(self, out: list[ev.Event]) -> None:
+        """Time alone ends a divergence halt: the divergent source went stale, or the halt ran its time."""
+        for asset in sorted(self.diverged):
+            pol = self.cfg.policy(asset)
+            agg = orc.aggregate_sources(self.fresh_sources(asset), self.index_q.get(asset), pol)
+            if agg.validity == orc.Validity.DIVERGENT and self.now_ns - self.diverged[asset] < pol.divergence_halt_ns:
+                continue
+            if agg.validity != orc.Validity.DIVERGENT:
+                del self.diverged[asset]
+            was_open = not self._oracle_blocked([asset], orc.Action.LIQUIDATE)
+            self._lift(asset, (DIVERGENCE_HALT,), out)
+            if not was_open and not self._oracle_blocked([asset], orc.Action.LIQUIDATE):
+                self._reopen(asset, out)
+
+    def _reopen(self, asset: str, out: list[ev.Event]) -> None:
+        """Re-judge every account exposed to ``asset`` once its price became liquidation-grade again."""
+        touched: list[Bucket] = []
+        for m in self.markets_of_asset[asset]:
+            if m.mark_q is not None:
+                touched.extend(self._remargin_all(m))
+        for c in self.coll_of_asset[asset]:
+            touched.extend(self._remargin_collateral(c))
+        self._evaluate(self.opt.screen(asset, touched), out)
 
     def _breaker(self, asset: str, index_q: int, out: list[ev.Event]) -> None:
         """Circuit breaker on a valid index: halt the asset's markets when the range within the window
-        exceeds the band; resume them once it is back within (and the sources agree again)."""
+        exceeds the band; resume them once it is back within (and no source is set aside for divergence).
+
+        The index history is kept with the band at 0 too, so a band switched on judges the next tick."""
+        hist = self.index_hist.setdefault(asset, [])
+        hist.append((self.now_ns, index_q))
+        keep = max(self.cfg.breaker_window_ns, self.cfg.policy(asset).jump_window_ns)
+        k = bisect.bisect_left(hist, (self.now_ns - keep, -1))
+        if k:
+            del hist[:k]
         halted, why = (False, "")
         if self.cfg.breaker_band_ppm:
-            hist = self.index_hist.setdefault(asset, [])
-            hist.append((self.now_ns, index_q))
-            cut = self.now_ns - self.cfg.breaker_window_ns
-            while hist and hist[0][0] < cut:
-                hist.pop(0)
             halted, why = breaker.range_halt(hist, self.cfg.breaker_band_ppm, self.cfg.breaker_window_ns)
         if halted:
             self._halt(asset, why, out)
             return
+        since = self.diverged.get(asset)
+        if since is None or self.now_ns - since >= self.cfg.policy(asset).divergence_halt_ns:
+            self._lift(asset, (RANGE_HALT, DIVERGENCE_HALT), out)
+
+    def _lift(self, asset: str, kinds: tuple[str, ...], out: list[ev.Event]) -> None:
+        """Resume the asset's markets halted automatically for one of ``kinds`` (an operator's halt waits
+        for the operator)."""
         for m in self.markets_of_asset[asset]:
             why = self.halted.get(m.spec.symbol, "")
-            if why and not why.startswith(MANUAL_HALT):  # an operator's halt waits for the operator
+            if why.startswith(kinds):
                 del self.halted[m.spec.symbol]
                 out.append(ev.MarketResumed(self.now_ns, m.spec.symbol))
 
@@ -1129,6 +1326,8 @@ class Engine:
         "breaker_band_ppm",
         "breaker_window_ns",
         "mass_close_min",
+        "withdraw_upnl_weight_ppm",
+        *(f"default_oracle.{n}" for n in ORACLE_PARAMETERS),
     )
     MARKET_PARAMETERS: tuple[str, ...] = (
         "liquidation_fee_ppm",
@@ -1149,6 +1348,7 @@ class Engine:
         "margin.imr_floor_ppm",
         "margin.brackets.<i>.mmr_ppm",  # <i>: a bracket's index (dynamic margin moves the rates)
         "margin.brackets.<i>.cum_quote_q",
+        *(f"oracle.{n}" for n in ORACLE_PARAMETERS),  # the policy of the market's base asset
     )
 
     @classmethod
@@ -1167,13 +1367,16 @@ class Engine:
                     return f"unknown market {e.market!r}"
                 if not self.is_market_parameter(e.name):
                     return f"{e.name!r} is not a market parameter one may change ({', '.join(self.MARKET_PARAMETERS)})"
-                old, spec = _replace_path(m.spec, e.name.split("."), e.value)
-                markets = tuple(spec if x.symbol == e.market else x for x in self.cfg.markets)
-                cfg = dataclasses.replace(self.cfg, markets=markets)
+                if e.name.startswith("oracle."):
+                    old, cfg = self._with_oracle(m.spec.base_asset, e.name.split(".")[1], e.value)
+                else:
+                    old, spec = _replace_path(m.spec, e.name.split("."), e.value)
+                    markets = tuple(spec if x.symbol == e.market else x for x in self.cfg.markets)
+                    cfg = dataclasses.replace(self.cfg, markets=markets)
             else:
                 if e.name not in self.PARAMETERS:
                     return f"{e.name!r} is not an engine parameter one may change ({', '.join(self.PARAMETERS)})"
-                old, cfg = _replace_path(self.cfg, [e.name], e.value)
+                old, cfg = _replace_path(self.cfg, e.name.split("."), e.value)
         except (ValidationError, TypeError, ValueError) as exc:
             return f"invalid value for {e.name}: {exc}"
         self._reconfigure(cfg)
@@ -1187,6 +1390,12 @@ class Engine:
                 touched.extend(self._remargin_all(m))
         self._evaluate(touched, out)
         return ""
+
+    def _with_oracle(self, asset: str, name: str, value: int) -> tuple[int, EngineConfig]:
+        """The config with one field of ``asset``'s oracle policy changed (the asset gets its own policy)."""
+        old, pol = _replace_path(self.cfg.policy(asset), [name], value)
+        oracle = tuple(sorted([*((a, p) for a, p in self.cfg.oracle if a != asset), (asset, pol)]))
+        return old, dataclasses.replace(self.cfg, oracle=oracle)
 
     def _reconfigure(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
@@ -1209,8 +1418,11 @@ class Engine:
         return self._remargin(m)
 
     def _halt(self, asset: str, reason: str, out: list[ev.Event]) -> None:
+        """Halt the asset's markets (an automatic halt of another kind takes the new reason; an
+        operator's halt stays as it is)."""
         for m in self.markets_of_asset[asset]:
-            if m.spec.symbol not in self.halted:
+            old = self.halted.get(m.spec.symbol)
+            if old is None or (not old.startswith(MANUAL_HALT) and _halt_kind(old) != _halt_kind(reason)):
                 self.halted[m.spec.symbol] = reason
                 out.append(ev.MarketHalted(self.now_ns, m.spec.symbol, reason))
 
@@ -1261,6 +1473,8 @@ class Engine:
         return ""
 
     def _on_ClockAdvanced(self, e: ev.ClockAdvanced, out: list[ev.Event]) -> str:
+        if self.diverged:
+            self._oracle_clock(out)
         touched: list[Bucket] = []
         for m in self.markets:
             if m.mark_q is None:
@@ -1947,6 +2161,13 @@ class Engine:
                 "index_q": sorted(self.index_q.items()),
                 "index_ts": sorted(self.index_ts.items()),
                 "index_hist": sorted((a, list(h)) for a, h in self.index_hist.items()),
+                "index_n": sorted(self.index_n.items()),
+                "reanchor": sorted(
+                    (a, p.first_ts_ns, p.last_q, p.count, [list(x) for x in p.sources])
+                    for a, p in self.reanchor.items()
+                ),
+                "anchor_ts": sorted(self.anchor_ts.items()),
+                "diverged": sorted(self.diverged.items()),
                 "halted": sorted(self.halted.items()),
             },
             "waterfall": self.wf.state(),
@@ -1999,6 +2220,15 @@ class Engine:
         eng.index_q = dict(o["index_q"])
         eng.index_ts = dict(o["index_ts"])
         eng.index_hist = {a: [tuple(x) for x in h] for a, h in o["index_hist"]}
+        # a snapshot from before quorums: each index counts the sources that had printed for it
+        n_of = Counter(a_ for a_, _s in eng.src_last)
+        eng.index_n = dict(o["index_n"]) if "index_n" in o else {a_: n_of[a_] for a_ in eng.index_q}
+        eng.reanchor = {
+            a_: orc.Pending(f, q, c, tuple((str(x[0]), int(x[1]), int(x[2])) for x in srcs))
+            for a_, f, q, c, srcs in o.get("reanchor", ())
+        }
+        eng.anchor_ts = dict(o.get("anchor_ts", ()))
+        eng.diverged = dict(o.get("diverged", ()))
         eng.halted = dict(o["halted"])
         led = state["ledgers"]
         eng.wf.load(state["waterfall"])
@@ -2017,6 +2247,11 @@ _MASK128 = (1 << 128) - 1
 
 class _Overflow(Exception):
     """A computed quantum would leave the int64 range: the input is refused, nothing changes."""
+
+
+def _halt_kind(reason: str) -> str:
+    """An automatic halt's kind (its reason's fixed opening): a halt of the same kind keeps its reason."""
+    return next((k for k in (MANUAL_HALT, DIVERGENCE_HALT, RANGE_HALT) if reason.startswith(k)), reason)
 
 
 def _id_digest(eid: str) -> int:
@@ -2069,7 +2304,7 @@ def _replace_path(obj: Any, path: list[str], value: int) -> tuple[int, Any]:
         return old, dataclasses.replace(obj, **{head: new_child})
     if isinstance(cur, bool):
         if value not in (0, 1):
-            raise ValidationError("a flag is 0 or 1")
+            raise ValidationError(f"{head} must be in [0, 1] (a flag), got {value}")
         return int(cur), dataclasses.replace(obj, **{head: bool(value)})
     if not isinstance(cur, int):
         raise ValidationError(f"{head} is not an integer parameter")

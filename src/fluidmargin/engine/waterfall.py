@@ -604,9 +604,9 @@ class Waterfall:
         if shares <= 0:
             return "the deposit is too small for one share"
         eng.bal[r, c] -= e.amount_q
-        if eng.cross_risk(r).equity_quote_q < eng.cross_initial(r):
+        if eng.withdrawal_headroom_quote_q(r) < 0:  # a vault deposit is a withdrawal: weighted profit only
             eng.bal[r, c] += e.amount_q
-            return "the deposit would leave the account below its initial margin"
+            return "the deposit would leave the account below its initial margin (unrealised profit weighted)"
         eng.bal[vr, c] += e.amount_q
         self.shares[e.account_id] = self.shares.get(e.account_id, 0) + shares
         self.total_shares += shares

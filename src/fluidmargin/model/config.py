@@ -7,10 +7,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ClassVar
 
 from fluidmargin.core.errors import ValidationError
+from fluidmargin.core.units import PPM
 from fluidmargin.model.instruments import (
+    DAY_NS,
+    MAX_AMOUNT_Q,
     AuctionSpec,
     Bracket,
     BracketModel,
@@ -21,7 +24,10 @@ from fluidmargin.model.instruments import (
     OptionSpec,
     OraclePolicy,
     PerpetualMarket,
+    Ranges,
     YieldSpec,
+    check_ranges,
+    cum_max_quote_q,
 )
 
 PM_PRESETS = ("derive_pm2",)  # names of risk.portfolio parameter presets (the engine maps them)
@@ -235,8 +241,25 @@ class EngineConfig:
     options: tuple[OptionSpec, ...] = ()  # listed option series (portfolio-margin accounts only)
     portfolio_margin: str = "derive_pm2"  # the portfolio-margin parameter preset (risk.portfolio)
     gap_risk: GapRiskConfig | None = None  # jump-diffusion gap risk shown per position (None: not configured)
+    # the share of cross unrealised profit that counts toward a withdrawal (losses always count in full)
+    withdraw_upnl_weight_ppm: int = 0
+
+    RANGES: ClassVar[Ranges] = {
+        "at_risk_buffer_ppm": (0, 100 * PPM),
+        "at_risk_exit_ppm": (0, 100 * PPM),
+        "insurance_fund_quote_q": (0, MAX_AMOUNT_Q),
+        "liquidation_target_ppm": (0, 10 * PPM),
+        "liquidation_max_notional_quote_q": (0, MAX_AMOUNT_Q),  # 0: no cap
+        "liquidation_max_account_notional_quote_q": (0, MAX_AMOUNT_Q),
+        "liquidation_account_window_ns": (1, 30 * DAY_NS),
+        "mass_close_min": (1, 2**32),
+        "breaker_band_ppm": (0, 10 * PPM),  # 0: off
+        "breaker_window_ns": (1, 7 * DAY_NS),
+        "withdraw_upnl_weight_ppm": (0, PPM),
+    }
 
     def __post_init__(self) -> None:
+        check_ranges(self, "engine config")
         syms = [c.symbol for c in self.collateral]
         if self.quote not in syms:
             raise ValidationError(f"the quote asset {self.quote} must be listed as collateral")
@@ -247,18 +270,11 @@ class EngineConfig:
             raise ValidationError("duplicate market symbols")
         if self.liquidation not in ("close_at_mark", "partial"):
             raise ValidationError(f"liquidation must be close_at_mark or partial, not {self.liquidation!r}")
-        if self.liquidation_max_notional_quote_q < 0 or self.liquidation_max_account_notional_quote_q < 0:
-            raise ValidationError("liquidation caps must be >= 0")
-        if self.mass_close_min < 1:
-            raise ValidationError("mass_close_min must be >= 1")
-        if self.liquidation_account_window_ns <= 0:
-            raise ValidationError("liquidation_account_window_ns must be positive")
-        if self.breaker_band_ppm < 0 or self.breaker_window_ns <= 0:
-            raise ValidationError("breaker_band_ppm must be >= 0 and breaker_window_ns > 0")
-        if not 0 <= self.liquidation_target_ppm <= 10 * 1_000_000:
-            raise ValidationError("liquidation_target_ppm must be in [0, 1e7]")
-        if not 0 <= self.at_risk_buffer_ppm <= self.at_risk_exit_ppm:
-            raise ValidationError("need 0 <= at_risk_buffer_ppm <= at_risk_exit_ppm")
+        if self.at_risk_buffer_ppm > self.at_risk_exit_ppm:
+            raise ValidationError(
+                f"engine config: at_risk_buffer_ppm must be in [0, at_risk_exit_ppm = {self.at_risk_exit_ppm}], "
+                f"got {self.at_risk_buffer_ppm}"
+            )
         osyms = [o.symbol for o in self.options]
         if len(set(osyms)) != len(osyms) or set(osyms) & set(msyms):
             raise ValidationError("option symbols must be unique and distinct from market symbols")
@@ -290,6 +306,8 @@ class EngineConfig:
         d = dataclasses.asdict(self)
         if d["gap_risk"] is None:
             del d["gap_risk"]  # configs without gap risk keep the form (and state hashes) they had before it
+        if d["withdraw_upnl_weight_ppm"] == 0:
+            del d["withdraw_upnl_weight_ppm"]  # likewise
         return d
 
     @staticmethod
@@ -345,6 +363,31 @@ class EngineConfig:
                 options=tuple(OptionSpec(**o) for o in d.get("options", ())),
                 portfolio_margin=d.get("portfolio_margin", "derive_pm2"),
                 gap_risk=None if d.get("gap_risk") is None else GapRiskConfig.from_dict(d["gap_risk"]),
+                withdraw_upnl_weight_ppm=d.get("withdraw_upnl_weight_ppm", 0),
             )
         except (KeyError, TypeError) as e:
             raise ValidationError(f"malformed engine config: {e}") from None
+
+
+def parameter_owner(cfg: EngineConfig, market: str, name: str) -> tuple[Any, str]:
+    """The config object holding parameter ``name`` (engine-wide when ``market`` is empty; dotted for
+    nested fields, a bracket by index; a market's ``oracle.*`` is its base asset's policy) and the field."""
+    obj: Any = cfg
+    if market:
+        obj = next(m for m in cfg.markets if m.symbol == market)
+        if name.startswith("oracle."):
+            obj, name = cfg.policy(obj.base_asset), name.removeprefix("oracle.")
+    *path, last = name.split(".")
+    for part in path:
+        obj = obj[int(part)] if isinstance(obj, tuple) else getattr(obj, part)
+    return obj, last
+
+
+def parameter_range(cfg: EngineConfig, market: str, name: str) -> tuple[int, int]:
+    """The range [lo, hi] the config's checks hold parameter ``name`` to, read from the ``RANGES`` they
+    use (see :func:`parameter_owner`). Raises KeyError for a setting without a declared range."""
+    obj, last = parameter_owner(cfg, market, name)
+    lo, hi = type(obj).RANGES[last]
+    if market and last == "cum_quote_q":
+        hi = min(hi, cum_max_quote_q(obj))  # a market's bracket (PerpetualMarket's check)
+    return lo, hi

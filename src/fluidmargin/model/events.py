@@ -227,6 +227,21 @@ class MarketResumeRequested(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class OracleReanchorRequested(Event):
+    """An operator sets a new reference level for an asset's oracle after a genuine gap.
+
+    ``price`` is decimal text; empty adopts the level the sources' refused prints are pending at. The
+    index moves to it (accounts are re-margined) but liquidations still need a quorum of sources.
+    """
+
+    asset: str
+    price: str = ""
+    reason: str = ""
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
 class ParameterChangeRequested(Event):
     """An operator changes one risk parameter, by dotted name (see ``Engine.PARAMETERS``).
 
@@ -490,6 +505,20 @@ class MarketResumed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class OracleReanchored(Event):
+    """An asset's oracle took a new reference level: the jump limit is judged from it from now on.
+
+    ``reason`` says why: ``operator: ...`` (an :class:`OracleReanchorRequested`) or the sources' consistent
+    prints that were refused as a jump (automatic re-anchoring, see ``OraclePolicy.reanchor_prints``).
+    """
+
+    asset: str
+    old_price_q: int  # the index before (0: none)
+    price_q: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParameterChanged(Event):
     market: str
     name: str
@@ -561,6 +590,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         VaultWithdrawalClaimed,
         MarketHaltRequested,
         MarketResumeRequested,
+        OracleReanchorRequested,
         ParameterChangeRequested,
         VolObserved,
         MarginModeChanged,
@@ -575,6 +605,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BadDebtSocialized,
         MarketHalted,
         MarketResumed,
+        OracleReanchored,
         ParameterChanged,
         PositionsLiquidated,
         BatchNetted,

@@ -6,11 +6,42 @@ An instrument kind is a small frozen dataclass with a ``kind`` tag; the registry
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.core.units import MAX_QUANTUMS, PPM
+from fluidmargin.core.units import MAX_QUANTUMS, NS_PER_S, PPM
+
+# --- ranges of settings ----------------------------------------------------------------------------
+# Each config class declares the inclusive range of its integer settings once, in ``RANGES``; they are
+# checked when the config is built: on start-up, and on an operator's change (the engine rebuilds the
+# config with the new value), so both paths refuse the same values with the same reason.
+
+MAX_AMOUNT_Q = MAX_QUANTUMS // 4  # the largest balance or amount the engine takes (int64 columns, with room)
+DAY_S = 86_400
+DAY_NS = DAY_S * NS_PER_S
+FLAG = (0, 1)  # a flag: false or true in a config, 0 or 1 in a change
+Ranges = dict[str, tuple[int, int]]
+
+
+def check_range(where: str, name: str, value: object, lo: int, hi: int) -> None:
+    """Refuse ``value`` unless it is an integer in [lo, hi]; the reason names the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValidationError(f"{where}: {name} must be in [{lo}, {hi}], got {value!r}")
+
+
+def check_ranges(obj: Any, where: str) -> None:
+    """Check every setting ``type(obj).RANGES`` declares (a flag must be a bool)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for name, (lo, hi) in type(obj).RANGES.items():
+        value = getattr(obj, name)
+        if isinstance(defaults.get(name), bool):
+            if not isinstance(value, bool):
+                raise ValidationError(f"{where}: {name} must be in [0, 1] (a flag: false or true), got {value!r}")
+            continue
+        check_range(where, name, value, lo, hi)
+
 
 # --- margin tier models (configuration only; the maths lives in fluidmargin.risk.margin) -------
 
@@ -18,6 +49,13 @@ from fluidmargin.core.units import MAX_QUANTUMS, PPM
 @dataclass(frozen=True, slots=True)
 class Bracket:
     """One Binance-style bracket: MM = notional * mmr - cum for notional >= floor."""
+
+    RANGES: ClassVar[Ranges] = {
+        "floor_quote_q": (0, MAX_AMOUNT_Q),
+        "mmr_ppm": (1, PPM),
+        "cum_quote_q": (0, MAX_AMOUNT_Q),  # a market also keeps it <= floor x mmr (PerpetualMarket)
+        "max_leverage": (1, PPM),
+    }
 
     floor_quote_q: int
     mmr_ppm: int
@@ -43,17 +81,24 @@ class BracketModel:
     close_fee_ppm: int = 0  # taker fee charged inside maintenance (Gate/OKX style)
     mm_on_entry: bool = False  # Bybit-simple: maintenance on entry notional
 
+    RANGES: ClassVar[Ranges] = {
+        "imr_floor_ppm": (0, PPM),
+        "sqrt_imf_factor_ppm": (0, PPM),
+        "close_fee_ppm": (0, PPM - 1),
+        "mm_on_entry": FLAG,
+    }
+
     def __post_init__(self) -> None:
         if not self.brackets:
             raise ValidationError(f"margin model {self.name}: no brackets")
+        check_ranges(self, f"margin model {self.name}")
+        for i, b in enumerate(self.brackets):
+            for name, (lo, hi) in Bracket.RANGES.items():
+                check_range(f"margin model {self.name}", f"brackets.{i}.{name}", getattr(b, name), lo, hi)
         if self.brackets[0].floor_quote_q != 0:
             raise ValidationError(f"margin model {self.name}: first bracket must start at 0")
         prev = None
         for b in self.brackets:
-            if not 0 < b.mmr_ppm <= PPM:
-                raise ValidationError(f"margin model {self.name}: mmr_ppm {b.mmr_ppm} outside (0, 1e6]")
-            if b.max_leverage <= 0:
-                raise ValidationError(f"margin model {self.name}: max_leverage must be positive")
             if prev is not None and b.floor_quote_q <= prev.floor_quote_q:
                 raise ValidationError(f"margin model {self.name}: bracket floors must increase")
             prev = b
@@ -65,6 +110,11 @@ class BracketModel:
             and not 0 <= self.oi_lower_quote_q < self.oi_upper_quote_q
         ):
             raise ValidationError(f"margin model {self.name}: need 0 <= oi_lower < oi_upper")
+
+
+def cum_max_quote_q(b: Bracket) -> int:
+    """The largest maintenance amount a market's bracket may deduct: maintenance at its floor stays >= 0."""
+    return b.floor_quote_q * b.mmr_ppm // PPM  # floor division: rounds the allowance down
 
 
 # --- instruments ---------------------------------------------------------------------------------
@@ -121,16 +171,51 @@ class FundingParams:
 class OraclePolicy:
     """Validity thresholds for one asset's prices and which actions each validity allows."""
 
+    RANGES: ClassVar[Ranges] = {
+        "max_staleness_ns": (1, 365 * DAY_NS),
+        "max_jump_ppm": (0, 10 * PPM),
+        "min_confidence_ppm": (0, PPM),
+        "max_divergence_ppm": (0, PPM),
+        "min_sources": (1, 1000),
+        "allow_margin": (0, 5),  # a risk.oracle.Validity
+        "allow_liquidate": (0, 5),
+        "allow_open": (0, 5),
+        "min_sources_liquidation": (1, 1000),
+        "single_source_liquidation": FLAG,
+        "jump_window_ns": (0, 365 * DAY_NS),
+        "reanchor_prints": (0, 10_000),  # 0: no automatic re-anchoring
+        "reanchor_after_ns": (0, 365 * DAY_NS),
+        "reanchor_tolerance_ppm": (0, PPM),
+        "divergence_halt_ns": (0, 365 * DAY_NS),
+    }
+
     max_staleness_ns: int = 120 * 10**9
     max_jump_ppm: int = 250_000  # a valid price may move at most 25 % against the last one
     min_confidence_ppm: int = 900_000
     max_divergence_ppm: int = 20_000  # sources further than 2 % from the median are outliers
-    min_sources: int = 1
+    min_sources: int = 1  # fresh sources an index needs at all (a single source may mark)
     aggregation: Literal["median", "mean"] = "median"
     # the worst validity (see risk.oracle.Validity) each action tolerates
     allow_margin: int = 1  # STALE still margins (last valid price)
     allow_liquidate: int = 1
     allow_open: int = 0  # opening risk / withdrawing needs a fresh, valid price
+    # liquidation-grade prices: an index agreed by this many sources, unless the venue opts in to one
+    min_sources_liquidation: int = 2
+    single_source_liquidation: bool = False  # a venue with one feed (e.g. a candle replay) may choose it
+    # the jump limit holds against every index within this window, not only the last (0: the last only)
+    jump_window_ns: int = 60 * 10**9
+    # re-anchoring: prints refused as a jump, each within the tolerance of the one before, adopt their
+    # level once there are reanchor_prints of them spanning reanchor_after_ns (0 prints: never)
+    reanchor_prints: int = 3
+    reanchor_after_ns: int = 60 * 10**9
+    reanchor_tolerance_ppm: int = 20_000
+    # a source set aside for divergence halts new risk at most this long (it stays set aside)
+    divergence_halt_ns: int = 120 * 10**9
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "oracle")
+        if self.aggregation not in ("median", "mean"):
+            raise ValidationError(f"oracle: aggregation must be median or mean, not {self.aggregation!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,16 +238,19 @@ class AuctionSpec:
     chip_ppm: int = 1_000  # 0.1 % of the tab
     tip_quote_q: int = 0
 
+    RANGES: ClassVar[Ranges] = {
+        "buf_ppm": (PPM, 2 * PPM),  # the mirrored short price stays positive
+        "tail_s": (0, 7 * DAY_S),
+        "cusp_ppm": (0, PPM),
+        "tau_s": (1, 7 * DAY_S),
+        "cut_ppm": (1, PPM),
+        "step_s": (1, DAY_S),
+        "chip_ppm": (0, PPM),
+        "tip_quote_q": (0, MAX_AMOUNT_Q),
+    }
+
     def __post_init__(self) -> None:
-        if not PPM <= self.buf_ppm <= 2 * PPM:
-            raise ValidationError("auction buf_ppm must be in [1e6, 2e6] (the mirrored short price stays positive)")
-        if not 0 <= self.cusp_ppm <= PPM or not 0 < self.cut_ppm <= PPM:
-            raise ValidationError("auction cusp_ppm must be in [0, 1e6] and cut_ppm in (0, 1e6]")
-        for name in ("tail_s", "tau_s", "step_s", "chip_ppm", "tip_quote_q"):
-            if getattr(self, name) < 0:
-                raise ValidationError(f"auction {name} must be >= 0")
-        if self.tau_s == 0 or self.step_s == 0:
-            raise ValidationError("auction tau_s and step_s must be positive")
+        check_ranges(self, "auction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +267,16 @@ class ImpactSpec:
     coefficient_ppm: int = 1_000_000
     book: tuple[tuple[int, int], ...] = ()
 
+    RANGES: ClassVar[Ranges] = {
+        "daily_volume_base_q": (1, MAX_AMOUNT_Q),
+        "sigma_ppm": (0, 10 * PPM),  # daily volatility
+        "coefficient_ppm": (0, 100 * PPM),
+    }
+
     def __post_init__(self) -> None:
         if self.model not in ("sqrt", "book"):
             raise ValidationError("impact model must be sqrt or book")
-        if self.daily_volume_base_q <= 0 or self.sigma_ppm < 0 or self.coefficient_ppm < 0:
-            raise ValidationError("impact: daily volume must be positive, sigma and coefficient >= 0")
+        check_ranges(self, "impact")
         if self.model == "book" and not self.book:
             raise ValidationError("impact: a book model needs levels")
         for off, qty in self.book:
@@ -212,13 +305,21 @@ class LiquidationPolicy:
     own_fund_quote_q: int = 0
     adl: bool = True
 
+    RANGES: ClassVar[Ranges] = {
+        "batch": FLAG,
+        "backstop": FLAG,
+        "backstop_discount_ppm": (0, PPM - 1),
+        "own_fund": FLAG,
+        "own_fund_quote_q": (0, MAX_AMOUNT_Q),
+        "adl": FLAG,
+    }
+
     def __post_init__(self) -> None:
         if self.execution not in ("mark", "impact", "auction"):
             raise ValidationError(f"liquidation execution must be mark, impact or auction, not {self.execution!r}")
-        if not 0 <= self.backstop_discount_ppm < PPM:
-            raise ValidationError("backstop_discount_ppm must be in [0, 1e6)")
-        if self.own_fund_quote_q < 0 or (self.own_fund_quote_q and not self.own_fund):
-            raise ValidationError("own_fund_quote_q must be >= 0 and needs own_fund")
+        check_ranges(self, "liquidation")
+        if self.own_fund_quote_q and not self.own_fund:
+            raise ValidationError("liquidation: own_fund_quote_q needs own_fund")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,13 +337,19 @@ class PerpetualMarket:
     liquidation: LiquidationPolicy = field(default_factory=LiquidationPolicy)
     kind: Literal["perpetual"] = "perpetual"
 
+    RANGES: ClassVar[Ranges] = {"liquidation_fee_ppm": (0, PPM - 1)}
+
     def __post_init__(self) -> None:
         if not 0 <= self.size_decimals <= 12:
             raise ValidationError(f"market {self.symbol}: size_decimals must be in [0, 12]")
         if not 0 < self.tick_price_q < MAX_QUANTUMS:
             raise ValidationError(f"market {self.symbol}: tick must be positive")
-        if not 0 <= self.liquidation_fee_ppm < PPM:
-            raise ValidationError(f"market {self.symbol}: liquidation_fee_ppm must be in [0, 1e6)")
+        check_ranges(self, f"market {self.symbol}")
+        for i, b in enumerate(self.margin.brackets):
+            # the maintenance amount never deducts more than the bracket's floor carries (a quote of one
+            # bracket of a table may; a market's table starts at 0)
+            check_range(f"market {self.symbol}", f"margin.brackets.{i}.cum_quote_q", b.cum_quote_q, 0,
+                        cum_max_quote_q(b))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

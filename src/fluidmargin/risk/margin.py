@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -227,3 +228,31 @@ def liquidation_price_q(
     scaled = p * 10**PRICE_DECIMALS
     rounding = Rounding.CEIL if size_base_q > 0 else Rounding.FLOOR
     return div_round(scaled.numerator, scaled.denominator, rounding)
+
+
+# --- withdrawals -------------------------------------------------------------------------------------
+
+
+def withdrawal_headroom_quote_q(
+    fixed_equity_quote_q: int,
+    pnl_quote_q: Iterable[int],
+    initial_quote_q: int,
+    upnl_weight_ppm: int,
+) -> int:
+    """Equity that counts toward a withdrawal less the initial margin (negative: short by that much).
+
+    Unrealised profit counts for margin but only ``upnl_weight_ppm`` of it (rounded down) for taking
+    collateral out; losses count in full (dYdX, Drift and Hyperliquid do the same). ``fixed_equity``
+    is the bucket's equity without its positions' price P&L: weighted collateral with realised P&L,
+    less funding owed (in full: settling it must not change what may leave). ``pnl_quote_q`` is each
+    position's price P&L (value at the mark less cost). A withdrawal of ``x`` quote is allowed when
+    the headroom after it is >= 0, i.e. when ``x`` <= the headroom before it.
+    """
+    gains = losses = 0
+    for x in pnl_quote_q:
+        if x > 0:
+            gains += x
+        else:
+            losses += x
+    counted = div_round(gains * upnl_weight_ppm, PPM, Rounding.FLOOR)  # credit to the account: down
+    return fixed_equity_quote_q + losses + counted - initial_quote_q

@@ -57,7 +57,10 @@ def replay_venue(
 ) -> EngineConfig:
     """The venue of a replay: ``perp_venue`` on the replayed assets, liquidating per ``liquidation``
     (``close_at_mark``, ``partial``, or ``waterfall``: partial, batched, impact, ADL; see
-    :func:`~fluidmargin.sim.scenarios.replay_policies`). The config is what a ``--log`` header stores."""
+    :func:`~fluidmargin.sim.scenarios.replay_policies`). The config is what a ``--log`` header stores.
+
+    A replay has one price feed (the candles): it opts in to liquidating on a single source, a venue
+    choice (a live venue's default needs two agreeing sources)."""
     if liquidation not in LIQUIDATIONS:
         raise ValidationError(f"liquidation must be one of {', '.join(LIQUIDATIONS)}, not {liquidation!r}")
     return perp_venue(
@@ -68,6 +71,7 @@ def replay_venue(
         max_jump_ppm=max_jump_ppm,
         liquidation="close_at_mark" if liquidation == "close_at_mark" else "partial",
         policies=replay_policies(candles) if liquidation == "waterfall" else None,
+        single_source_liquidation=True,
     )
 
 

@@ -46,10 +46,13 @@ def perp_venue(
     liquidation: str = "close_at_mark",
     policies: dict[str, LiquidationPolicy] | None = None,
     backstop: BackstopSpec | None = None,
+    single_source_liquidation: bool = False,
 ) -> EngineConfig:
     """USD-margined perpetuals on ``assets`` with one shared tier preset.
 
     ``policies`` gives a market's liquidation waterfall by base asset (default: execution at mark).
+    The oracle liquidates only on an index two sources agree on, unless ``single_source_liquidation``
+    (a venue with one feed, such as a replay of historical candles, opts in).
     """
     policies = policies or {}
     markets = tuple(
@@ -75,7 +78,11 @@ def perp_venue(
                 yield_spec=YieldSpec("ETH", 10**18, 35_000, 0),
             )
         )
-    policy = OraclePolicy(max_staleness_ns=staleness_s * 10**9, max_jump_ppm=max_jump_ppm)
+    policy = OraclePolicy(
+        max_staleness_ns=staleness_s * 10**9,
+        max_jump_ppm=max_jump_ppm,
+        single_source_liquidation=single_source_liquidation,
+    )
     return EngineConfig(
         quote="USD",
         collateral=tuple(coll),
@@ -88,7 +95,10 @@ def perp_venue(
 
 
 def waterfall_venue(
-    assets: tuple[str, ...] = ("BTC", "ETH"), insurance_fund_usd: int = 100_000, preset: str = "binance"
+    assets: tuple[str, ...] = ("BTC", "ETH"),
+    insurance_fund_usd: int = 100_000,
+    preset: str = "binance",
+    single_source_liquidation: bool = False,
 ) -> EngineConfig:
     """The full waterfall: partial closes, batched per tick; BTC by Dutch auction with the backstop
     vault behind it, ETH sent to the market under square-root impact with its own insurance fund."""
@@ -114,4 +124,5 @@ def waterfall_venue(
         liquidation="partial",
         policies=policies,
         backstop=BackstopSpec(),
+        single_source_liquidation=single_source_liquidation,
     )
