@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
+import re
 import signal
 import socket
 import subprocess
@@ -92,138 +95,198 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w.anon.close()
 
 
-# --- the matrix -----------------------------------------------------------------------------------
+# --- the matrix: README.md's "Roles" table, held against the server ------------------------------------------
 
-OK, NEW, NOPE, DENY, AUTH, NI = 200, 201, 404, 403, 401, 501
-KEYED = ("admin", "venue", "own", "other", "publisher")
+README = Path(__file__).resolve().parents[1] / "README.md"
+COLUMNS = ("admin", "venue", "account", "publisher", "no key")
+OK, NEW, NOPE, DENY, AUTH = 200, 201, 404, 403, 401
 
 
-def expect(allowed: dict[str, int], public: bool = False) -> dict[str, int]:
-    """Status per role: the allowed roles' answers, 403 for every other key, 401 without a valid key."""
-    if public:
-        return dict.fromkeys(ROLES, OK)
-    return {r: allowed.get(r, DENY) if r in KEYED else AUTH for r in ROLES}
+def role_table() -> dict[str, dict[str, str]]:
+    """README's Roles table: ``"METHOD /path"`` -> column -> ``✓`` (allowed), ``own`` (allowed on the key's
+    own accounts) or ``–`` (refused)."""
+    text = README.read_text()
+    lines = text[text.index("### Roles") :].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    block = itertools.takewhile(lambda ln: ln.startswith("|"), lines[start:])  # the first table only
+    rows = [ln for ln in block if ln.startswith("| `")]
+    assert rows, "README.md has no Roles table"
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        assert len(cells) == 1 + len(COLUMNS) and all(c in ("✓", "own", "–") for c in cells[1:]), row
+        for route in re.findall(r"`((?:GET|POST|PUT|DELETE|PATCH) /[^`]*)`", cells[0]):
+            assert route not in table, f"{route} is in the Roles table twice"
+            table[route] = dict(zip(COLUMNS, cells[1:], strict=True))
+    return table
+
+
+ROLE_TABLE = role_table()
+
+
+def route_of(method: str, path: str) -> str:
+    """The table's route (``"POST /v1/accounts/{account_id}/deposits"``) that a request's path matches."""
+    want = path.split("?")[0].split("/")
+    for route in ROLE_TABLE:
+        m, template = route.split(" ", 1)
+        parts = template.split("/")
+        same = len(parts) == len(want) and all(a == b or a.startswith("{") for a, b in zip(parts, want, strict=True))
+        if m == method and same:
+            return route
+    raise AssertionError(f"{method} {path} is not in README.md's Roles table")
+
+
+def expect(route: str, authorised: int) -> dict[str, int]:
+    """Status per test role from the table: ``authorised`` where the table allows it (the own key on its
+    own account, the other key only where the account column is ✓), 403 for other keys, 401 without a
+    valid key (unless the route is open to no key)."""
+    row = ROLE_TABLE[route]
+    column = {"admin": "admin", "venue": "venue", "own": "account", "other": "account", "publisher": "publisher"}
+    out = {}
+    for role in ROLES:
+        if role in ("none", "bad"):
+            out[role] = authorised if row["no key"] == "✓" else AUTH
+        else:
+            cell = row[column[role]]
+            allowed = cell == "✓" or (cell == "own" and role != "other")
+            out[role] = authorised if allowed else DENY
+    return out
 
 
 Req = Callable[[World], tuple[str, str, Any]]
-OWNERS = {"admin": OK, "venue": OK, "own": OK}
-ANY_KEY = dict.fromkeys(KEYED, OK)
-LPS = {"admin": OK, "own": OK}
+FILL = {"market": "BTC-PERP", "size": "0.001", "price": "50000"}
 
-CASES: list[tuple[str, Req, dict[str, int]]] = [
-    ("healthz", lambda w: ("GET", "/healthz", None), expect({}, public=True)),
-    ("metrics", lambda w: ("GET", "/metrics", None), expect({}, public=True)),
-    ("openapi", lambda w: ("GET", "/openapi.json", None), expect({}, public=True)),
-    ("create key", lambda w: ("POST", "/v1/keys", {"role": "venue"}), expect({"admin": NEW})),
-    ("list keys", lambda w: ("GET", "/v1/keys", None), expect({"admin": OK})),
-    (
-        "revoke key",
-        lambda w: ("DELETE", f"/v1/keys/{w.post('/v1/keys', {'role': 'venue'}, 201)['key_id']}", None),
-        expect({"admin": OK}),
-    ),
-    ("events", lambda w: ("GET", "/v1/events", None), expect({"admin": OK})),
-    ("clock", lambda w: ("POST", "/v1/clock", None), expect({"admin": OK})),
-    ("open account", lambda w: ("POST", "/v1/accounts", {}), expect({"admin": NEW, "venue": NEW})),
-    (
-        "open sub-account",
-        lambda w: ("POST", f"/v1/accounts/{w.a}/sub-accounts", {}),
-        expect({"admin": NEW, "venue": NEW, "own": NEW}),
-    ),
-    ("list sub-accounts", lambda w: ("GET", f"/v1/accounts/{w.a}/sub-accounts", None), expect(OWNERS)),
-    ("get account", lambda w: ("GET", f"/v1/accounts/{w.a}", None), expect(OWNERS)),
-    ("deposit", lambda w: ("POST", f"/v1/accounts/{w.a}/deposits", {"amount": "1"}), expect(OWNERS)),
-    ("withdraw", lambda w: ("POST", f"/v1/accounts/{w.a}/withdrawals", {"amount": "1"}), expect(OWNERS)),
-    (
-        "fill",
-        lambda w: ("POST", f"/v1/accounts/{w.a}/fills", {"market": "BTC-PERP", "size": "0.001", "price": "50000"}),
-        expect({"admin": OK, "venue": OK}),
-    ),
-    (
-        "what-if",
-        lambda w: ("POST", f"/v1/accounts/{w.a}/what-if", {"market": "BTC-PERP", "size": "1", "price": "5e4"}),
-        expect(dict.fromkeys(OWNERS, 422)),
-    ),  # authorised, then the body is judged
-    (
-        "what-if ok",
-        lambda w: ("POST", f"/v1/accounts/{w.a}/what-if", {"market": "BTC-PERP", "size": "1", "price": "1"}),
-        expect(OWNERS),
-    ),
-    ("settle funding", lambda w: ("POST", f"/v1/accounts/{w.a}/funding-settlements", None), expect(OWNERS)),
-    ("markets", lambda w: ("GET", "/v1/markets", None), expect(ANY_KEY)),
-    ("market", lambda w: ("GET", "/v1/markets/BTC-PERP", None), expect(ANY_KEY)),
-    ("oracle", lambda w: ("GET", "/v1/oracle", None), expect(ANY_KEY)),
-    ("insurance funds", lambda w: ("GET", "/v1/insurance-funds", None), expect(ANY_KEY)),
-    ("risk parameters", lambda w: ("GET", "/v1/risk-parameters", None), expect(ANY_KEY)),
+# (name, request, the status a caller the table allows gets)
+CASES: list[tuple[str, Req, int]] = [
+    ("healthz", lambda w: ("GET", "/healthz", None), OK),
+    ("metrics", lambda w: ("GET", "/metrics", None), OK),
+    ("openapi", lambda w: ("GET", "/openapi.json", None), OK),
+    ("create key", lambda w: ("POST", "/v1/keys", {"role": "venue"}), NEW),
+    ("list keys", lambda w: ("GET", "/v1/keys", None), OK),
+    ("revoke key", lambda w: ("DELETE", f"/v1/keys/{w.post('/v1/keys', {'role': 'venue'}, 201)['key_id']}", None), OK),
+    ("events", lambda w: ("GET", "/v1/events", None), OK),
+    ("clock", lambda w: ("POST", "/v1/clock", None), OK),
+    ("open account", lambda w: ("POST", "/v1/accounts", {}), NEW),
+    ("open sub-account", lambda w: ("POST", f"/v1/accounts/{w.a}/sub-accounts", {}), NEW),
+    ("list sub-accounts", lambda w: ("GET", f"/v1/accounts/{w.a}/sub-accounts", None), OK),
+    ("get account", lambda w: ("GET", f"/v1/accounts/{w.a}", None), OK),
+    ("deposit", lambda w: ("POST", f"/v1/accounts/{w.a}/deposits", {"amount": "1"}), OK),
+    ("withdraw", lambda w: ("POST", f"/v1/accounts/{w.a}/withdrawals", {"amount": "1"}), OK),
+    ("fill", lambda w: ("POST", f"/v1/accounts/{w.a}/fills", FILL), OK),
+    # authorised, then the body is judged
+    ("what-if", lambda w: ("POST", f"/v1/accounts/{w.a}/what-if", {**FILL, "size": "1", "price": "5e4"}), 422),
+    ("what-if ok", lambda w: ("POST", f"/v1/accounts/{w.a}/what-if", {**FILL, "size": "1", "price": "1"}), OK),
+    ("settle funding", lambda w: ("POST", f"/v1/accounts/{w.a}/funding-settlements", None), OK),
+    ("markets", lambda w: ("GET", "/v1/markets", None), OK),
+    ("market", lambda w: ("GET", "/v1/markets/BTC-PERP", None), OK),
+    ("oracle", lambda w: ("GET", "/v1/oracle", None), OK),
+    ("insurance funds", lambda w: ("GET", "/v1/insurance-funds", None), OK),
+    ("risk parameters", lambda w: ("GET", "/v1/risk-parameters", None), OK),
     (
         "change risk parameters",
         lambda w: ("PUT", "/v1/risk-parameters", {"market": "", "name": "at_risk_buffer_ppm", "value": "200000"}),
-        expect({"admin": OK}),
+        OK,
     ),
     # authorised, then refused by the engine (an unknown market): no halt left behind for the other cases
-    ("halt market", lambda w: ("POST", "/v1/markets/DOGE-PERP/halt", {"reason": "matrix"}), expect({"admin": 422})),
-    ("resume market", lambda w: ("POST", "/v1/markets/DOGE-PERP/resume", None), expect({"admin": 422})),
-    (
-        "publish price",
-        lambda w: ("POST", "/v1/prices", {"asset": "BTC", "price": "50000"}),
-        expect({"admin": OK, "publisher": OK}),
-    ),
-    ("dashboard summary", lambda w: ("GET", "/v1/dashboard/summary", None), expect({**OWNERS, "other": OK})),
-    ("auctions", lambda w: ("GET", "/v1/auctions", None), expect(ANY_KEY)),
-    ("auction", lambda w: ("GET", "/v1/auctions/BTC-PERP-99", None), expect(dict.fromkeys(KEYED, NOPE))),
+    ("halt market", lambda w: ("POST", "/v1/markets/DOGE-PERP/halt", {"reason": "matrix"}), 422),
+    ("resume market", lambda w: ("POST", "/v1/markets/DOGE-PERP/resume", None), 422),
+    ("reanchor oracle", lambda w: ("POST", "/v1/oracle/DOGE/reanchor", {"price": "1", "reason": "matrix"}), 422),
+    ("publish price", lambda w: ("POST", "/v1/prices", {"asset": "BTC", "price": "50000"}), OK),
+    ("dashboard summary", lambda w: ("GET", "/v1/dashboard/summary", None), OK),
+    ("auctions", lambda w: ("GET", "/v1/auctions", None), OK),
+    ("auction", lambda w: ("GET", "/v1/auctions/BTC-PERP-99", None), NOPE),
+    # authorised; no such auction
     (
         "bid",
         lambda w: ("POST", "/v1/auctions/BTC-PERP-99/bids", {"account_id": w.a, "size": "1", "limit_price": "1"}),
-        expect({"admin": NOPE, "own": NOPE}),
-    ),  # authorised; no such auction
-    ("vault", lambda w: ("GET", "/v1/vault", None), expect(ANY_KEY)),
-    ("options", lambda w: ("GET", "/v1/options", None), expect(ANY_KEY)),
-    ("option", lambda w: ("GET", "/v1/options/BTC-C-1", None), expect(dict.fromkeys(KEYED, NOPE))),
-    ("vol surface", lambda w: ("GET", "/v1/vol-surfaces/BTC", None), expect(ANY_KEY)),
+        NOPE,
+    ),
+    ("vault", lambda w: ("GET", "/v1/vault", None), OK),
+    ("options", lambda w: ("GET", "/v1/options", None), OK),
+    ("option", lambda w: ("GET", "/v1/options/BTC-C-1", None), NOPE),
+    ("vol surface", lambda w: ("GET", "/v1/vol-surfaces/BTC", None), OK),
+    # authorised, then refused by the engine (expired): no vol left behind
     (
         "publish vol",
         lambda w: ("POST", "/v1/vols", {"underlying": "BTC", "expiry_ns": 1, "strike": "1", "vol": "0.5"}),
-        expect({"admin": 409, "publisher": 409}),
-    ),  # authorised, then refused by the engine (expired): no vol left behind
-    ("portfolio", lambda w: ("GET", f"/v1/accounts/{w.a}/portfolio", None), expect(OWNERS)),
-    (
-        "margin mode",
-        lambda w: ("PUT", f"/v1/accounts/{w.a}/margin-mode", {"mode": "standard"}),
-        expect(dict.fromkeys(OWNERS, 409)),
-    ),  # authorised, then refused (already standard): the other cases keep a standard account
-    ("vault deposit", lambda w: ("POST", "/v1/vault/deposits", {"account_id": w.a, "amount": "1"}), expect(LPS)),
+        409,
+    ),
+    ("portfolio", lambda w: ("GET", f"/v1/accounts/{w.a}/portfolio", None), OK),
+    # authorised, then refused (already standard): the other cases keep a standard account
+    ("margin mode", lambda w: ("PUT", f"/v1/accounts/{w.a}/margin-mode", {"mode": "standard"}), 409),
+    ("vault deposit", lambda w: ("POST", "/v1/vault/deposits", {"account_id": w.a, "amount": "1"}), OK),
     (
         "vault withdrawal",
         lambda w: ("POST", "/v1/vault/withdrawals", {"account_id": w.sub_of_a("5"), "shares": "1"}),
-        expect(LPS),
+        OK,
     ),
-    ("vault claim", lambda w: ("POST", "/v1/vault/claims", {"account_id": w.sub_of_a("5", pending=True)}), expect(LPS)),
+    ("vault claim", lambda w: ("POST", "/v1/vault/claims", {"account_id": w.sub_of_a("5", pending=True)}), OK),
 ]
 
 
 @pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize(("name", "req", "want"), CASES, ids=[c[0] for c in CASES])
-def test_authorisation_matrix(world: World, name: str, req: Req, want: dict[str, int], role: str) -> None:
+@pytest.mark.parametrize(("name", "req", "authorised"), CASES, ids=[c[0] for c in CASES])
+def test_authorisation_matrix(world: World, name: str, req: Req, authorised: int, role: str) -> None:
     method, path, body = req(world)
+    want = expect(route_of(method, path), authorised)
     r = world.anon.request(method, path, json=body, headers=world.as_(role))
     assert r.status_code == want[role], f"{name} as {role}: {r.status_code} {r.text}"
     if r.status_code == AUTH:
         assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_every_route_is_in_the_matrix(world: World) -> None:
+def test_every_route_is_in_the_table_and_the_matrix(world: World) -> None:
     doc = world.app.openapi()
-    ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    ops = {f"{m.upper()} {p}" for p, item in doc["paths"].items() for m in item}
+    assert ops | {"GET /openapi.json"} == set(ROLE_TABLE), "README.md's Roles table and the routes differ"
+    tried = {route_of(*req(world)[:2]) for _name, req, _status in CASES}
+    assert tried == set(ROLE_TABLE), set(ROLE_TABLE) - tried
+
+
+def test_every_body_refuses_duplicate_keys(world: World) -> None:
+    """Every route that reads a JSON body answers a key named twice with a 422, whatever the values."""
+    doc = world.app.openapi()
+    with_body = {
+        f"{m.upper()} {p}" for p, item in doc["paths"].items() for m, op in item.items() if "requestBody" in op
+    }
     seen = set()
-    for _name, req, _want in CASES:
-        method, path, _body = req(world)
-        for m, p in ops:
-            parts, want = p.split("/"), path.split("?")[0].split("/")
-            same = len(parts) == len(want) and all(
-                a == b or a.startswith("{") for a, b in zip(parts, want, strict=True)
-            )
-            if m == method and same:
-                seen.add((m, p))
-    assert ops - seen == set()
+    seq = world.app.state.svc.worker.call(lambda e: e.seq)
+    for _name, req, _status in CASES:
+        method, path, body = req(world)
+        route = route_of(method, path)
+        if route not in with_body or route in seen:
+            continue
+        seen.add(route)
+        if body:  # the first key again, first with a garbage value: a last-wins reader would accept it
+            raw = json.dumps({next(iter(body)): "NaN"})[:-1] + ", " + json.dumps(body)[1:]
+        else:
+            raw = '{"account_id": 1, "account_id": 2}'
+        seq = world.app.state.svc.worker.call(lambda e: e.seq)
+        r = world.anon.request(
+            method, path, content=raw, headers={**world.as_("admin"), "content-type": "application/json"}
+        )
+        assert r.status_code == 422, f"{route} {raw}: {r.status_code} {r.text}"
+        assert r.json()["detail"][0]["type"] == "duplicate_key", r.text
+        assert world.app.state.svc.worker.call(lambda e: e.seq) == seq  # nothing logged
+    assert seen == with_body
+
+
+def test_every_router_reads_bodies_strictly(world: World) -> None:
+    from fastapi.routing import APIRoute
+
+    from fluidmargin.service.deps import StrictJSONRoute
+
+    def routes(rs: Any) -> Iterator[Any]:
+        for r in rs:
+            yield r
+            sub = getattr(r, "original_router", None)  # newer FastAPI keeps included routers whole
+            if sub is not None:
+                yield from routes(sub.routes)
+
+    bodies = [r for r in routes(world.app.routes) if isinstance(r, APIRoute) and r.body_field is not None]
+    assert bodies and all(isinstance(r, StrictJSONRoute) for r in bodies), [
+        r.path for r in bodies if not isinstance(r, StrictJSONRoute)
+    ]
 
 
 # --- scopes, publishers, keys -------------------------------------------------------------------------
@@ -234,9 +297,11 @@ def test_sub_accounts_share_their_parents_scope_only(world: World) -> None:
     r = world.anon.post(f"/v1/accounts/{world.a}/sub-accounts", json={}, headers=own)
     assert r.status_code == 201, r.text
     s = r.json()["account_id"]
-    assert world.anon.post(f"/v1/accounts/{s}/deposits", json={"amount": "2"}, headers=own).status_code == 200
+    assert world.anon.post(f"/v1/accounts/{s}/deposits", json={"amount": "2"}, headers=own).status_code == 403
+    world.post(f"/v1/accounts/{s}/deposits", {"amount": "2"})  # the venue's custody reports deposits
+    assert world.anon.post(f"/v1/accounts/{s}/withdrawals", json={"amount": "0.5"}, headers=own).status_code == 200
     view = world.anon.get(f"/v1/accounts/{s}", headers=own).json()
-    assert view["parent_id"] == world.a and view["balances"][0]["amount"] == "2"
+    assert view["parent_id"] == world.a and view["balances"][0]["amount"] == "1.5"
     for method, path in (("GET", f"/v1/accounts/{s}"), ("POST", f"/v1/accounts/{s}/sub-accounts")):
         assert world.anon.request(method, path, json={}, headers=other).status_code == 403
     # the own key cannot reach the parent's siblings or the other account through a body either
@@ -261,25 +326,37 @@ def test_answers_hide_other_accounts_events(world: World) -> None:
     x = world.post("/v1/accounts", {}, 201)["account_id"]
     world.post(f"/v1/accounts/{x}/deposits", {"amount": "3100"})
     world.post(f"/v1/accounts/{x}/fills", {"market": "ETH-PERP", "size": "10", "price": "3000"})
+    second = world.auth(world.key("publisher", source="feed-2"))  # liquidations need two sources agreeing
+    assert world.anon.post("/v1/prices", json={"asset": "ETH", "price": "2700"}, headers=second).status_code == 200
     r = world.anon.post("/v1/prices", json={"asset": "ETH", "price": "2700"}, headers=world.as_("publisher"))
     assert r.status_code == 200, r.text
     seen = {e["type"] for e in r.json()["events"]}
     assert "MarkPriceUpdated" in seen and not seen & {"PositionLiquidated", "AccountStatusChanged"}
     logged = world.admin.get("/v1/events", params={"after": r.json()["seq"] - 1, "limit": 50}).json()["events"]
     assert any(e["type"] == "PositionLiquidated" and e["account_id"] == x for e in logged)
-    world.anon.post("/v1/prices", json={"asset": "ETH", "price": "3000"}, headers=world.as_("publisher"))
+    for h in (second, world.as_("publisher")):
+        world.anon.post("/v1/prices", json={"asset": "ETH", "price": "3000"}, headers=h)
 
 
 def test_rate_limit_is_per_key(world: World) -> None:
-    key = world.key("account", account_ids=[world.a], rate_per_s=1.0, burst=2)
-    h = world.auth(key)
-    codes = [world.anon.get(f"/v1/accounts/{world.a}", headers=h).status_code for _ in range(3)]
-    assert codes == [200, 200, 429]
-    r = world.anon.get(f"/v1/accounts/{world.a}", headers=h)
-    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-    assert world.anon.get(f"/v1/accounts/{world.a}", headers=world.as_("own")).status_code == 200  # other keys go on
-    time.sleep(1.05)
-    assert world.anon.get(f"/v1/accounts/{world.a}", headers=h).status_code == 200
+    # 1 token a second, 2 at most. The limiter's clock is held still and then moved on by hand: a busy
+    # machine could stretch three requests past a second, and a sleep would race the same way
+    limiter = world.app.state.svc.limiter
+    now = [limiter._clock()]
+    real, limiter._clock = limiter._clock, lambda: now[0]
+    try:
+        key = world.key("account", account_ids=[world.a], rate_per_s=1.0, burst=2)
+        h = world.auth(key)
+        codes = [world.anon.get(f"/v1/accounts/{world.a}", headers=h).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = world.anon.get(f"/v1/accounts/{world.a}", headers=h)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert world.anon.get(f"/v1/accounts/{world.a}", headers=world.as_("own")).status_code == 200  # others go on
+        now[0] += 1.05  # a second later: one token back
+        assert world.anon.get(f"/v1/accounts/{world.a}", headers=h).status_code == 200
+        assert world.anon.get(f"/v1/accounts/{world.a}", headers=h).status_code == 429
+    finally:
+        limiter._clock = real
 
 
 def test_revoked_key_is_refused(world: World) -> None:
@@ -294,12 +371,12 @@ def test_revoked_key_is_refused(world: World) -> None:
 
 def test_keys_and_idempotency_survive_a_restart(tmp_path: Path) -> None:
     s = settings(tmp_path)
-    idem = {"Idempotency-Key": "deposit-before-restart"}
+    idem = {"Idempotency-Key": "withdrawal-before-restart"}
     with ServerThread(create_app(s)) as url, httpx.Client(base_url=url, headers=World.auth(ADMIN)) as c:
         a = c.post("/v1/accounts", json={}).json()["account_id"]
         c.post(f"/v1/accounts/{a}/deposits", json={"amount": "12.5"})
         key = c.post("/v1/keys", json={"role": "account", "account_ids": [a]}).json()["api_key"]
-        once = c.post(f"/v1/accounts/{a}/deposits", json={"amount": "1"}, headers={**World.auth(key), **idem})
+        once = c.post(f"/v1/accounts/{a}/withdrawals", json={"amount": "1"}, headers={**World.auth(key), **idem})
         before = c.get(f"/v1/accounts/{a}").json()
     stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name.startswith("log.db"))
     assert key.encode() not in stored and ADMIN.encode() not in stored
@@ -307,7 +384,7 @@ def test_keys_and_idempotency_survive_a_restart(tmp_path: Path) -> None:
     app = create_app(dataclasses.replace(s, admin_key=None))  # the key registry alone knows the keys now
     with ServerThread(app) as url, httpx.Client(base_url=url, headers=World.auth(key)) as c:
         assert c.get(f"/v1/accounts/{a}").json() == before
-        again = c.post(f"/v1/accounts/{a}/deposits", json={"amount": "1"}, headers=idem)  # found in the log
+        again = c.post(f"/v1/accounts/{a}/withdrawals", json={"amount": "1"}, headers=idem)  # found in the log
         assert again.status_code == 200 and again.json() == {**once.json(), "replayed": True}
         assert c.get(f"/v1/accounts/{a}").json() == before
         assert c.get("/v1/keys").status_code == 403

@@ -83,11 +83,26 @@ F1 = "/v1/accounts/1/fills"
 W1 = "/v1/accounts/1/withdrawals"
 FILL = {"market": BTC, "size": "0.01", "price": "50000"}
 
+
+def raw(body: bytes) -> dict[str, Any]:
+    """Request kwargs for a JSON body sent as these exact bytes."""
+    return {"headers": {"Content-Type": "application/json"}, "content": body}
+
+
+# a key named twice: 422 on every hot write, whatever the values (the first value is garbage in some)
+DUPLICATES: list[tuple[str, str, str | None, dict[str, Any]]] = [
+    ("POST", D1, "venue", raw(b'{"amount":"NaN","amount":"10"}')),
+    ("POST", D1, "venue", raw(b'{"amount":"10","amount":"10"}')),
+    ("POST", W1, "acct1", raw(b'{"amount":"1","asset":"USD","asset":"USD"}')),
+    ("POST", F1, "venue", raw(b'{"market":"BTC-PERP","size":"0.01","size":"1","price":"50000"}')),
+    ("POST", F1, "venue", raw(b'{"market":"BTC-PERP","size":"0.01","price":"50000","leverage":5,"leverage":5}')),
+]
+
 # (method, path, key, request kwargs): in order; each one is sent to both servers
 REQUESTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("POST", D1, "admin", {"json": {"amount": "1000"}}),
     ("POST", D1, "venue", {"json": {"amount": "2.5", "asset": "USD"}}),
-    ("POST", D1, "acct1", {"json": {"amount": "1"}}),
+    ("POST", D1, "acct1", {"json": {"amount": "1"}}),  # an account key may not credit itself: 403
     ("POST", "/v1/accounts/2/deposits", "venue", {"json": {"amount": "50000"}}),
     ("POST", D1, "venue", {"json": {"amount": "3"}, "headers": {"Idempotency-Key": "dep-1"}}),
     ("POST", D1, "venue", {"json": {"amount": "3"}, "headers": {"Idempotency-Key": "dep-1"}}),  # a replay
@@ -120,7 +135,27 @@ REQUESTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("POST", D1, "pub", {"json": {"amount": "1"}}),  # nor a publisher deposits
     ("POST", "/v1/accounts/99/deposits", "venue", {"json": {"amount": "1"}}),  # unknown account: 404
     ("POST", f"/v1/accounts/{2**63}/deposits", "venue", {"json": {"amount": "1"}}),  # beyond the id range
-    ("POST", "/v1/accounts/0001/deposits", "venue", {"json": {"amount": "1"}}),
+    ("POST", "/v1/accounts/0001/deposits", "venue", {"json": {"amount": "1"}}),  # not canonical digits: 422
+    ("POST", "/v1/accounts/01/withdrawals", "acct1", {"json": {"amount": "1"}}),
+    ("POST", "/v1/accounts/+1/deposits", "venue", {"json": {"amount": "1"}}),
+    ("POST", "/v1/accounts/1.0/fills", "venue", {"json": FILL}),
+    ("POST", "/v1/accounts/%201/deposits", "venue", {"json": {"amount": "1"}}),
+    ("POST", "/v1/accounts/%EF%BC%91/deposits", "venue", {"json": {"amount": "1"}}),  # a fullwidth "1"
+    *DUPLICATES,  # 422 on both
+    ("POST", D1, None, raw(b'{"amount":"1","amount":"1"}')),  # no key, and a duplicate: as the app says
+    # lax values: only JSON integers for integers
+    ("POST", F1, "venue", {"json": {**FILL, "leverage": " 5"}}),
+    ("POST", F1, "venue", {"json": {**FILL, "leverage": "+5"}}),
+    ("POST", F1, "venue", {"json": {**FILL, "leverage": True}}),
+    ("POST", F1, "venue", {"json": {**FILL, "leverage": 5.0}}),
+    ("POST", F1, "venue", {"json": {**FILL, "leverage": 5}}),
+    # how the body is read
+    ("POST", D1, "venue", {"content": b'{"amount":"1"}'}),  # no content type: not read as JSON
+    ("POST", D1, "venue", raw(b'{"amount":"1"}\n')),  # trailing whitespace: still one JSON value
+    ("POST", D1, "venue", raw(b'{"amount":"1"} x')),
+    ("POST", D1, "venue", raw(b'\xef\xbb\xbf{"amount":"1"}')),  # a UTF-8 byte-order mark
+    ("POST", D1, "venue", raw(b'{"amount":"\xff"}')),  # not UTF-8
+    ("POST", D1, "venue", raw(b'{"amount":"1","x":NaN}')),
     ("POST", D1, "slow", {"json": {"amount": "1"}}),
     ("POST", D1, "slow", {"json": {"amount": "1"}}),  # the bucket is empty: 429
     ("POST", D1, "slow", {"json": {"amount": "1", "x": 0}}),  # still 429 (checked before the body)
@@ -156,6 +191,7 @@ def test_the_fast_path_answers_as_the_routes_do(tmp_path: Path) -> None:
             statuses.append(a.status_code)
         # the sequence did reach every kind of answer, and the fast path took the good writes
         assert {200, 401, 403, 404, 409, 422, 429} <= set(statuses)
+        assert [st for st, req in zip(statuses, REQUESTS, strict=True) if req in DUPLICATES] == [422] * len(DUPLICATES)
         assert fast.app.fast.taken - taken0 == statuses.count(200)
         # and both logs hold the same inputs
         ours = fast.send("GET", "/v1/events", "admin", params={"limit": 1000}).json()["events"]
@@ -169,7 +205,7 @@ def test_the_fast_path_answers_as_the_routes_do(tmp_path: Path) -> None:
 def test_metrics_count_fast_writes_under_their_route(tmp_path: Path, fast: bool) -> None:
     with side(tmp_path, fast) as s:
         assert s.send("POST", D1, "venue", json={"amount": "1"}).status_code == 200
-        text = s.send("GET", "/metrics", None).text
+        text = s.send("GET", "/metrics", "admin").text
         route = "/v1/accounts/{account_id}/deposits"
         line = f'fluidmargin_http_request_duration_seconds_count{{method="POST",route="{route}",'
         assert any(ln.startswith(line) and 'status="200"' in ln and ln.endswith(" 1.0") for ln in text.splitlines())

@@ -34,7 +34,10 @@ SERVICE_TABLES = {"api_keys", "key_accounts", "sub_accounts", "idempotency"}
 
 
 def settings(db: str, workdir: Path, **kw: Any) -> ServiceSettings:
-    cfg = dataclasses.replace(waterfall_venue(), backstop=BackstopSpec(withdrawal_delay_ns=1))
+    # one publisher drives these scenarios: the venue opts in to single-source liquidation
+    # (the quorum default is tested in test_service_oracle.py)
+    venue = waterfall_venue(single_source_liquidation=True)
+    cfg = dataclasses.replace(venue, backstop=BackstopSpec(withdrawal_delay_ns=1))
     kw.setdefault("admin_key", ADMIN)
     return ServiceSettings(db=db, config=cfg, snapshot_dir=workdir / "snapshots", **kw)  # type: ignore[arg-type]
 
@@ -190,8 +193,8 @@ def test_keys_idempotency_and_state_survive_a_restart(log_url: str, tmp_path: Pa
         as_own, as_venue = {"Authorization": f"Bearer {own}"}, {"Authorization": f"Bearer {venue}"}
         firsts = []
         for i in range(5):
-            r = c.post(
-                f"/v1/accounts/{a}/deposits",
+            r = c.post(  # an account key's write: a withdrawal request (deposits are the venue's to report)
+                f"/v1/accounts/{a}/withdrawals",
                 json={"amount": f"{i + 1}"},
                 headers={**as_own, "Idempotency-Key": f"dep-{i}"},
             )
@@ -235,7 +238,7 @@ def test_keys_idempotency_and_state_survive_a_restart(log_url: str, tmp_path: Pa
         assert c.get(f"/v1/accounts/{sub}").json()["parent_id"] == a  # the sub-account link survived
         for i, first in enumerate(firsts):  # replays: the first outcome, nothing applied
             r = c.post(
-                f"/v1/accounts/{a}/deposits", json={"amount": f"{i + 1}"}, headers={"Idempotency-Key": f"dep-{i}"}
+                f"/v1/accounts/{a}/withdrawals", json={"amount": f"{i + 1}"}, headers={"Idempotency-Key": f"dep-{i}"}
             )
             assert r.status_code == 200 and r.json() == {
                 **first,
@@ -251,10 +254,10 @@ def test_keys_idempotency_and_state_survive_a_restart(log_url: str, tmp_path: Pa
         r = c.post(f"/v1/accounts/{a}/withdrawals", json={"amount": "999999"}, headers={"Idempotency-Key": "w-1"})
         assert r.status_code == 409 and r.json() == refused.json()
         # the fingerprint survived the restart: the key reused for another request is refused ...
-        r = c.post(f"/v1/accounts/{a}/deposits", json={"amount": "7"}, headers={"Idempotency-Key": "dep-3"})
+        r = c.post(f"/v1/accounts/{a}/withdrawals", json={"amount": "7"}, headers={"Idempotency-Key": "dep-3"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"], r.text
         # ... except where the index row was rebuilt from the log (the log has the id, not the request)
-        r = c.post(f"/v1/accounts/{a}/deposits", json={"amount": "7"}, headers={"Idempotency-Key": "dep-0"})
+        r = c.post(f"/v1/accounts/{a}/withdrawals", json={"amount": "7"}, headers={"Idempotency-Key": "dep-0"})
         assert r.status_code == 200 and r.json()["seq"] == firsts[0]["seq"] and r.json()["replayed"]
         r = c.post(
             f"/v1/accounts/{a}/fills",
@@ -266,7 +269,7 @@ def test_keys_idempotency_and_state_survive_a_restart(log_url: str, tmp_path: Pa
         assert c.get(f"/v1/accounts/{a}").json() == before
         assert worker.call(lambda e: e.state_hash()) == hash_before
         # and new writes go on
-        r = c.post(f"/v1/accounts/{a}/deposits", json={"amount": "1"}, headers={"Idempotency-Key": "dep-new"})
+        r = c.post(f"/v1/accounts/{a}/withdrawals", json={"amount": "1"}, headers={"Idempotency-Key": "dep-new"})
         assert r.status_code == 200 and not r.json()["replayed"] and r.json()["seq"] > seq
         assert c.get("/v1/keys").status_code == 403
         assert c.get("/v1/keys", headers=auth).status_code == 200  # registered in the store on the first start

@@ -36,14 +36,21 @@ def admin_key(path: Path) -> tuple[str, bool]:
 
 @app.command()
 def serve(
+    *,  # keyword-only: lets the optional --db come before the required --admin-key-file
     db: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--db",
             help="the store, created when missing: a SQLite path or sqlite:///PATH, or"
-            " postgresql://USER:PASSWORD@HOST:PORT/DB?schema=NAME (the log, API keys and idempotency index live there)",
+            " postgresql://USER:PASSWORD@HOST:PORT/DB?schema=NAME (the log, API keys and idempotency index live there)."
+            " A password here shows in the process list: use --db-file or $FLUIDMARGIN_DB instead",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    db_file: Annotated[
+        Path | None,
+        typer.Option("--db-file", help="a file whose one line is the store's path or URL (instead of --db)"),
+    ] = None,
     admin_key_file: Annotated[
         Path, typer.Option("--admin-key-file", help="file holding the admin API key (created, and printed once)")
     ],
@@ -64,6 +71,25 @@ def serve(
     ] = None,
     snapshot_every: Annotated[int, typer.Option(min=0, help="records between snapshots (0: on shutdown)")] = 1_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="largest request body (413 beyond it, unread)")
+    ] = 1_048_576,
+    read_timeout: Annotated[
+        float, typer.Option(min=0.1, help="seconds a client has for a request's head, and again its body")
+    ] = 10.0,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="open connections, WebSockets included (503 beyond it)")
+    ] = 4096,
+    keep_alive_timeout: Annotated[int, typer.Option(min=1, help="seconds an idle keep-alive connection is kept")] = 5,
+    read_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of the engine's time one key's reads may use (0: no cap)")
+    ] = 0.25,
+    public_metrics: Annotated[
+        bool, typer.Option("--public-metrics", help="serve /metrics without a key (default: an admin or venue key)")
+    ] = False,
+    max_sub_accounts: Annotated[
+        int, typer.Option(min=0, help="sub-accounts under one top-level account (any depth)")
+    ] = 100,
     demo: Annotated[
         bool,
         typer.Option(
@@ -84,6 +110,10 @@ def serve(
 
     from fluidmargin.service import ServiceSettings, create_app
     from fluidmargin.service.storage import load_config
+    from fluidmargin.store.backend import DB_ENV, shows_password, target_from
+
+    if shows_password(db):
+        typer.echo(f"warning: the password in --db shows in the process list; use --db-file or ${DB_ENV}", err=True)
 
     feeder: DemoFeeder | None = None
     try:
@@ -92,6 +122,7 @@ def serve(
                 raise FluidMarginError("--demo brings its own venue: leave out --config")
             feeder = DemoFeeder(demo_accounts, demo_seed, demo_days, demo_speed)
         cfg = feeder.config if feeder is not None else load_config(config) if config else None
+        db = target_from(db, db_file)  # --db, else --db-file, else $FLUIDMARGIN_DB
         key, created = admin_key(admin_key_file)
         settings = ServiceSettings(
             db=cast(Path, db),  # a path or a URL: storage reads both (a URL must not go through Path)
@@ -101,22 +132,46 @@ def serve(
             rate_per_s=rate_limit,
             burst=burst,
             snapshot_every=snapshot_every,
+            public_metrics=public_metrics,
+            max_sub_accounts=max_sub_accounts,
+            max_body_bytes=max_body_bytes,
+            read_timeout_s=read_timeout,
+            read_share=read_share,
         )
         if feeder is not None:
             settings.clock = feeder.clock  # the service stamps inputs with the scenario's event time
         api = create_app(settings)
+        api.state.svc.worker.start()  # recover the log now: a store it cannot read is refused on one line
     except (FluidMarginError, ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if created:
         typer.echo(f"admin API key (written to {admin_key_file}, shown only now): {key}")
+    elif api.state.svc.keys.lookup(key) is None:
+        typer.echo(
+            f"note: the admin key in {admin_key_file} is revoked; serving on the other admin keys"
+            f" (delete {admin_key_file} and restart to have a new admin key made)",
+            err=True,
+        )
     typer.echo(f"fluidmargin API on http://{host}:{port} (OpenAPI at /docs, metrics at /metrics)")
     if feeder is not None:
         typer.echo(f"dashboard (admin key in the fragment): http://{host}:{port}/#key={key}")
         feeder.attach(api)
     else:
         typer.echo(f"dashboard: http://{host}:{port}/#key=<API key>")
-    uvicorn.run(api, host=host, port=port, log_level=log_level, access_log=feeder is None)
+    from fluidmargin.service.limits import http_protocol
+
+    uvicorn.run(
+        api,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=feeder is None,
+        http=http_protocol(read_timeout),  # closes idle and slow-drip connections (service/limits.py)
+        limit_concurrency=max_connections,
+        timeout_keep_alive=keep_alive_timeout,
+        backlog=max(2048, max_connections),
+    )
 
 
 class DemoFeeder:

@@ -32,13 +32,14 @@ from fluidmargin.service import (
     streams,
     views,
 )
-from fluidmargin.service.auth import KeyRegistry, RateLimiter
+from fluidmargin.service.auth import KeyRegistry, RateLimiter, require
 from fluidmargin.service.codec import FieldError
-from fluidmargin.service.deps import EngineRejected, Service, rejection_status, visible_events
+from fluidmargin.service.deps import EngineRejected, Service, errors, rejection_status, visible_events
 from fluidmargin.service.fastpath import FastPath
+from fluidmargin.service.limits import Limits, RequestGuard
 from fluidmargin.service.metrics import Metrics, RequestTimer
 from fluidmargin.service.schemas import Healthz
-from fluidmargin.service.worker import EngineWorker, IdempotencyMismatch, WorkerUnavailable
+from fluidmargin.service.worker import EngineWorker, IdempotencyMismatch, ReadFairness, WorkerUnavailable
 from fluidmargin.store.backend import describe
 
 API_VERSION = "1"
@@ -57,14 +58,29 @@ class ServiceSettings:
     snapshot_every: int = 1_000_000  # records between snapshots (0: only on shutdown)
     clock: Callable[[], int] = time.time_ns
     fast_path: bool = True  # the hot writes skip FastAPI's machinery (service/fastpath.py)
+    max_body_bytes: int = 1024 * 1024  # larger request bodies: 413, unread (service/limits.py)
+    read_timeout_s: float = 10.0  # for a request's body (408); `serve` gives the same to its head
+    read_share: float = 0.25  # of the engine thread's time, one key's reads at most (0: no budget)
+    read_burst_s: float = 0.5  # engine seconds a key's reads may take ahead of its share
+    reads_in_flight: int = 2  # GET requests served at once per key (more wait their turn; 0: no cap)
+    public_metrics: bool = False  # /metrics without a key (else an admin or venue key)
+    max_sub_accounts: int = 100  # under one top-level account, at any depth
 
 
 class ServiceApp(FastAPI):
-    """The FastAPI app, with the hot writes first offered to the fast path."""
+    """The FastAPI app behind the request guard (service/limits.py), with the hot writes first offered to
+    the fast path."""
 
     fast: FastPath | None = None
+    guard: RequestGuard | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.guard is not None:
+            await self.guard(scope, receive, send)  # then self.serve
+        else:
+            await self.serve(scope, receive, send)
+
+    async def serve(self, scope: Any, receive: Any, send: Any) -> None:
         if self.fast is not None and scope["type"] == "http" and scope["method"] == "POST":
             taken, receive = await self.fast.handle(scope, receive, send)
             if taken:
@@ -78,6 +94,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         raise ValidationError(f"{describe(settings.db)} does not exist: give an engine config (--config) to create it")
     snapshot_dir = settings.snapshot_dir or storage.default_snapshot_dir(settings.db)
     metrics = Metrics()
+    fairness = ReadFairness(settings.read_share, settings.read_burst_s, settings.reads_in_flight)
     worker = EngineWorker(
         lambda: storage.open_runner(settings.db, settings.config, snapshot_dir),
         clock=settings.clock,
@@ -85,12 +102,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         snapshot_every=settings.snapshot_every,
         on_apply=metrics.on_apply,
         on_flush=metrics.commit_latency.observe,
+        fairness=fairness,
     )
     worker.add_commit_listener(metrics.on_commit)
     keys = KeyRegistry(settings.keys_db or storage.key_registry_path(settings.db))
     if settings.admin_key:
         keys.ensure_admin(settings.admin_key)
     svc = Service(worker, keys, RateLimiter(settings.rate_per_s, settings.burst), metrics, config)
+    svc.max_sub_accounts = settings.max_sub_accounts
     hub = streams.StreamHub(svc, settings.db)  # WebSocket streams: fed by the worker after each commit
     worker.add_commit_listener(hub.on_commit)
 
@@ -124,14 +143,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.include_router(r.router)
     app.include_router(streams.router)
     routes_dashboard.mount(app)
-    _system_routes(app, svc)
+    _system_routes(app, svc, settings.public_metrics)
     app.add_middleware(RequestTimer, metrics=metrics)
     if settings.fast_path:
         app.fast = FastPath(svc, error_response)
+    app.guard = RequestGuard(app.serve, keys.lookup, Limits(settings.max_body_bytes, settings.read_timeout_s), fairness)
     return app
 
 
-def _system_routes(app: FastAPI, svc: Service) -> None:
+def _system_routes(app: FastAPI, svc: Service, public_metrics: bool = False) -> None:
     @app.get(
         "/healthz",
         response_model=Healthz,
@@ -157,7 +177,11 @@ def _system_routes(app: FastAPI, svc: Service) -> None:
         tags=["system"],
         summary="Prometheus metrics (text exposition format)",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"},
+            **({} if public_metrics else errors(403)),
+        },
+        dependencies=[] if public_metrics else [require("admin", "venue")],  # public: `serve --public-metrics`
     )
     async def metrics_endpoint() -> Response:
         with suppress(WorkerUnavailable):

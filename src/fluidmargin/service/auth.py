@@ -5,9 +5,11 @@ their SHA-256, in a key registry: tables in the event log's own store (the SQLit
 PostgreSQL schema; see :mod:`fluidmargin.service.storage`). The same tables hold the sub-account
 links (child -> parent); the engine knows nothing of sub-accounts.
 
-Roles: ``admin`` (everything; creates keys), ``venue`` (opens accounts, posts fills, moves
-collateral and reads any account, never prices), ``account`` (its own accounts and their
-sub-accounts only), ``publisher`` (only publishes prices, under the source name of its key).
+Roles: ``admin`` (everything; creates keys), ``venue`` (the venue's matching engine and custody: opens
+accounts, posts fills, reports deposits and withdrawals, reads any account, never prices), ``account``
+(its own accounts and their sub-accounts only; it may ask for a withdrawal, never credit itself),
+``publisher`` (only publishes prices, under the source name of its key). README.md's "Roles" table is
+the whole model; tests/test_service_auth.py checks the server against it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
+
+from fluidmargin.service.codec import canonical_int
 
 ROLES = ("admin", "venue", "account", "publisher")
 _SCHEMA = """
@@ -51,6 +56,14 @@ CREATE TABLE IF NOT EXISTS sub_accounts (
 CREATE INDEX IF NOT EXISTS sub_accounts_parent ON sub_accounts (parent_id)
 """
 MAX_DEPTH = 8  # sub-accounts of sub-accounts: how far a scope reaches down
+# a path's account id: canonical digits only ("01", "+1", " 1", "1.0", "1_0" are 422s)
+AccountPath = Annotated[
+    int, Path(ge=0, le=2**63 - 1, description="engine account id (decimal digits)"), BeforeValidator(canonical_int)
+]  # (the validator after Path: FastAPI then documents ge/le as minimum/maximum)
+
+
+class LastAdminKey(ValueError):
+    """Revoking this key would leave no active admin key."""
 
 
 def hash_key(secret: str) -> str:
@@ -189,11 +202,14 @@ class KeyRegistry:
         return self._insert(secret, role, name, account_ids, source, rate_per_s, burst), secret
 
     def ensure_admin(self, secret: str, name: str = "admin") -> KeyRecord:
-        """Register ``secret`` (the admin key file's) as an admin key unless it already is one."""
+        """Register ``secret`` (the admin key file's) as an admin key unless it already is one.
+
+        A revoked admin key stays revoked (the record is returned, ``revoked`` set): the service starts
+        without it, on the admin keys made since; a new key file makes a new admin key."""
         rec = self._by_hash.get(hash_key(secret))
         if rec is not None:
-            if rec.role != "admin" or rec.revoked:
-                raise ValueError("the admin key file holds a key that is not an active admin key")
+            if rec.role != "admin":
+                raise ValueError(f"the admin key file holds a {rec.role} key, not an admin key")
             return rec
         return self._insert(secret, "admin", name, (), None, None, None)
 
@@ -208,10 +224,14 @@ class KeyRegistry:
         return sorted(self._by_id.values(), key=lambda r: (r.created_ns, r.key_id))
 
     def revoke(self, key_id: str) -> KeyRecord | None:
+        """Revoke a key (None: unknown); :class:`LastAdminKey` for the last active admin key."""
         with self._lock:
             rec = self._by_id.get(key_id)
             if rec is None:
                 return None
+            others = (r for r in self._by_id.values() if r.key_id != key_id)
+            if rec.role == "admin" and not rec.revoked and not any(r.role == "admin" and not r.revoked for r in others):
+                raise LastAdminKey("the last active admin key cannot be revoked: create another admin key first")
             self._db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
             new = dataclasses.replace(rec, revoked=True)
             self._by_id[key_id] = new
@@ -235,7 +255,14 @@ class KeyRegistry:
         return self._parent.get(account_id)
 
     def children_of(self, account_id: int) -> list[int]:
-        return sorted(a for a, p in self._parent.items() if p == account_id)
+        with self._lock:  # read from the engine worker's thread too
+            return sorted(a for a, p in self._parent.items() if p == account_id)
+
+    def tree_size(self, account_id: int) -> int:
+        """How many sub-accounts (at any depth) the top-level account above ``account_id`` holds."""
+        with self._lock:
+            top = [account_id, *self.ancestors(account_id)][-1]
+            return sum(1 for a in self._parent if top in self.ancestors(a))
 
     def ancestors(self, account_id: int) -> list[int]:
         out = []
@@ -362,10 +389,7 @@ def require_account(*roles: str) -> Any:
     Checked before the body is judged, so a key learns nothing about another account's requests.
     """
 
-    async def dep(
-        account_id: Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")],
-        p: Annotated[Principal, Depends(authenticate)],
-    ) -> Principal:
+    async def dep(account_id: AccountPath, p: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if p.role not in roles:
             raise HTTPException(403, f"the {p.role} role may not use this endpoint")
         p.check_account(account_id)

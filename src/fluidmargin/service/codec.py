@@ -14,6 +14,8 @@ generated from the same rule, so documentation and payloads cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from typing import Any
 
 from fluidmargin.core.errors import ValidationError
@@ -55,6 +57,55 @@ def to_quantums(text: str, decimals: int, field: str, *, positive: bool = False,
     if positive and lo == 0:
         raise FieldError(field, f"{text!r} must be non-zero" if signed else f"{text!r} must be positive")
     return lo
+
+
+# --- strict reading of JSON bodies, path and query integers ------------------------------------------------
+
+_CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (which value was meant is unknowable: refused)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r} in a JSON object")
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+def loads_json(body: bytes | str) -> Any:
+    """``json.loads`` that refuses duplicate keys (:class:`DuplicateKey`); the app and the fast path both
+    read bodies with it, so they agree on every input."""
+    return json.loads(body, object_pairs_hook=_unique_pairs)
+
+
+def canonical_int(value: Any) -> Any:
+    """A path or query integer (a pydantic ``BeforeValidator``): plain decimal digits only, no sign, space,
+    ``_``, ``.`` or leading zero, so one id has one spelling."""
+    if isinstance(value, str):
+        if _CANONICAL_INT.fullmatch(value) is None:
+            raise ValueError("must be plain decimal digits (no sign, spaces, separators or leading zeros)")
+        return int(value)
+    return value
+
+
+def strict_bool(value: Any) -> Any:
+    """A query flag (a pydantic ``BeforeValidator``): ``true`` or ``false``, nothing else."""
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value == "true"
+    return value
 
 
 # --- scales -------------------------------------------------------------------------------------------

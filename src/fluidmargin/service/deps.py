@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, HTTPException, Request
+from fastapi.routing import APIRoute
+from pydantic import BeforeValidator
+from starlette.responses import Response
 
 from fluidmargin.model.config import EngineConfig
+from fluidmargin.service.auth import AccountPath as AccountPath  # (auth's: require_account reads it too)
 from fluidmargin.service.auth import KeyRegistry, Principal, RateLimiter
-from fluidmargin.service.codec import Scales, render_records
+from fluidmargin.service.codec import DuplicateKey, Scales, canonical_int, loads_json, render_records, strict_bool
 from fluidmargin.service.metrics import Metrics
 from fluidmargin.service.schemas import ErrorOut, RejectedOut
 from fluidmargin.service.worker import Build, EngineWorker, Outcome
@@ -25,8 +31,10 @@ class Service:
     limiter: RateLimiter
     metrics: Metrics
     config: EngineConfig
+    max_sub_accounts: int = 100  # under one top-level account, at any depth
     scales: Scales = field(init=False)
-    next_account_id: int | None = None  # touched only in the worker thread
+    next_account_id: int | None = None  # every id below it is taken (touched only in the worker thread)
+    sub_account_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one sub-account open at a time
 
     def __post_init__(self) -> None:
         self.scales = Scales(self.config)
@@ -38,7 +46,34 @@ async def get_svc(request: Request) -> Service:
 
 
 Svc = Annotated[Service, Depends(get_svc)]  # a route's service parameter
-AccountPath = Annotated[int, Path(ge=0, le=2**63 - 1, description="engine account id")]
+StrictInt = BeforeValidator(canonical_int)  # for a query integer: Annotated[int, Query(...), StrictInt]
+StrictBool = BeforeValidator(strict_bool)  # for a query flag: true or false
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body may not name a key twice (422 ``duplicate_key``, before anything else
+    reads the body's values)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = loads_json(await self.body())
+            except DuplicateKey as e:
+                detail = [{"loc": ["body", e.key], "msg": str(e), "type": "duplicate_key"}]
+                raise HTTPException(422, detail) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Every router's route class: bodies are read with :class:`StrictJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
 
 
 class EngineRejected(Exception):
@@ -120,10 +155,14 @@ _DESCRIPTIONS = {
 }
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these error codes (422 is FastAPI's own validation error schema)."""
+def errors(*codes: int, refusal: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error codes (422 is FastAPI's own validation error schema).
+    ``refusal``: a 409 the service itself may answer (a plain ErrorOut, nothing logged), described so."""
     out: dict[int | str, dict[str, Any]] = {}
     for c in (401, 429, 503, *codes):
         desc, model = _DESCRIPTIONS[c]
         out[c] = {"description": desc, "model": model}
+    if refusal is not None:
+        engine = out[409]["model"] if 409 in out else None
+        out[409] = {"description": refusal, "model": ErrorOut if engine is None else engine | ErrorOut}
     return out

@@ -2,7 +2,8 @@
 
 FastAPI's routing, dependency solving and response validation cost about 0.7 ms of the event loop's
 time per request: more than everything else a write costs. Here a request is taken only when it is
-plainly good: a known key whose role and scope allow the path's account, a JSON object body that the
+plainly good: a canonical account id, a known key whose role and scope allow it, a JSON body (declared
+``application/json``, read by the app's own reader, so a duplicate key is the app's to refuse) that the
 route's own pydantic model accepts, a well-formed ``Idempotency-Key``, and a token in the key's rate
 bucket. Anything else (a missing key, a 403, a 429, a body FastAPI would refuse, an oversize body) goes
 on untouched, its body replayed, to the FastAPI app, which answers it as it always does: every error
@@ -25,6 +26,7 @@ from pydantic import ValidationError as PydanticError
 
 from fluidmargin.service import routes_accounts as ra
 from fluidmargin.service.auth import Principal
+from fluidmargin.service.codec import loads_json
 from fluidmargin.service.deps import Service, result_body, submit
 from fluidmargin.service.schemas import Fill, Transfer
 
@@ -33,11 +35,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ErrorRenderer = Callable[[Service, Exception, Any], Any]
 
-_PATH = re.compile(r"/v1/accounts/([0-9]{1,19})/(deposits|withdrawals|fills)")
+_PATH = re.compile(r"/v1/accounts/(0|[1-9][0-9]{0,18})/(deposits|withdrawals|fills)")  # as deps.AccountPath
 _IDEM = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_BODY = 16 * 1024  # larger bodies are the app's to judge (none of these routes needs one)
 _ROUTES: dict[str, tuple[type[BaseModel], tuple[str, ...], Callable[[int, Any], tuple[Any, Any]], str]] = {
-    "deposits": (Transfer, ra.OWNER_ROLES, ra.deposit_input, "/v1/accounts/{account_id}/deposits"),
+    "deposits": (Transfer, ra.VENUE_ROLES, ra.deposit_input, "/v1/accounts/{account_id}/deposits"),
     "withdrawals": (Transfer, ra.OWNER_ROLES, ra.withdrawal_input, "/v1/accounts/{account_id}/withdrawals"),
     "fills": (Fill, ra.VENUE_ROLES, ra.fill_input, "/v1/accounts/{account_id}/fills"),
 }
@@ -74,7 +76,7 @@ class FastPath:
                 ctype = value
             elif name == b"content-length" and length < 0:
                 length = int(value) if value.isdigit() and len(value) < 9 else MAX_BODY + 1
-        if account_id > 2**63 - 1 or auth is None or length > MAX_BODY or ctype not in (None, b"application/json"):
+        if account_id > 2**63 - 1 or auth is None or length > MAX_BODY or ctype != b"application/json":
             return False, receive
         scheme, _, secret = auth.decode("latin-1").partition(" ")
         svc = self.svc
@@ -103,9 +105,9 @@ class FastPath:
             if not msg.get("more_body", False):
                 break
         try:
-            parsed = orjson.loads(body) if body else None
+            parsed = loads_json(body) if body else None  # the app's reader (duplicate keys refused)
             fields = model.model_validate(parsed) if isinstance(parsed, dict) else None
-        except (orjson.JSONDecodeError, PydanticError):
+        except (ValueError, RecursionError, PydanticError):  # DuplicateKey, JSON and UTF-8 errors are ValueErrors
             fields = None
         if fields is None or svc.limiter.take(rec.key_id, rec.rate_per_s, rec.burst):
             return False, _replaying(read, receive)

@@ -1,10 +1,17 @@
-"""Accounts and sub-accounts, collateral, fills, and the pre-trade what-if."""
+"""Accounts and sub-accounts, collateral, fills, and the pre-trade what-if.
+
+Deposits and withdrawals are facts from the venue's custody: only admin and venue keys report them; an
+account key may ask for a withdrawal (kept only above initial margin), never credit an account. Ids a
+client chooses lie below ``CLIENT_ACCOUNT_IDS`` (schemas), never the vault's; without one an account gets
+the lowest free id, whatever ids clients chose. A top-level account holds at most
+``Service.max_sub_accounts`` sub-accounts, at any depth (sub-accounts of sub-accounts count too).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
@@ -15,6 +22,8 @@ from fluidmargin.service.deps import (
     AccountPath,
     IdempotencyKey,
     Service,
+    StrictBool,
+    StrictJSONRoute,
     Svc,
     errors,
     result_body,
@@ -34,7 +43,7 @@ from fluidmargin.service.schemas import (
 )
 from fluidmargin.service.worker import Build
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=StrictJSONRoute)
 OWNER_ROLES = ("admin", "venue", "account")
 VENUE_ROLES = ("admin", "venue")
 OPENERS = require(*VENUE_ROLES)
@@ -43,41 +52,62 @@ OWNER_OF = require_account(*OWNER_ROLES)  # on the path's account, in the key's 
 
 
 def _next_id(svc: Service, eng: Engine, wanted: int | None) -> int:
-    """The id to open: ``wanted``, or one past the largest id opened through the service or seen."""
-    if svc.next_account_id is None:
-        vault = eng.cfg.backstop.account_id if eng.cfg.backstop else -1
-        svc.next_account_id = max((a for a in eng.row_of if a != vault), default=0) + 1
-    if wanted is None:
-        wanted = svc.next_account_id
+    """The id to open: ``wanted`` (never the vault's), or the lowest free id from 1 up.
+
+    The free id is found from the engine's accounts each time (``svc.next_account_id`` only remembers
+    where the taken run ends), so no client's choice or refused request moves it, and a restart finds
+    the same one."""
+    if wanted is not None:
         if eng.is_vault(wanted):
-            wanted += 1
-    svc.next_account_id = max(svc.next_account_id, wanted + 1)
-    return wanted
+            raise FieldError("account_id", f"{wanted} is reserved for the backstop vault")
+        return wanted
+    a = svc.next_account_id or 1
+    while a in eng.row_of or eng.is_vault(a):
+        a += 1
+    svc.next_account_id = a
+    return a
 
 
 async def _open(svc: Service, p: Principal, wanted: int | None, parent: int | None, idem: str | None) -> dict[str, Any]:
-    if parent is not None:
-        p.check_account(parent)
+    if parent is None:
+        return _opened(svc, p, await submit(svc, p, _opening(svc, wanted, None), idem, ("open", wanted, None)))
+    p.check_account(parent)
+    async with svc.sub_account_lock:  # the count below holds until this open is linked
+        outcome = await submit(svc, p, _opening(svc, wanted, parent), idem, ("open", wanted, parent))
+        assert isinstance(outcome.event, ev.AccountOpened)
+        svc.keys.link(outcome.event.account_id, parent)  # after the durable open (a replay links again: idempotent)
+    return _opened(svc, p, outcome)
 
+
+def _opening(svc: Service, wanted: int | None, parent: int | None) -> Build:
     def build(eng: Engine, ts: int) -> ev.Event:
         if parent is not None:
             views.row_of(eng, parent)  # 404 for an unknown parent
+            cap = svc.max_sub_accounts  # under one top-level account, at any depth
+            if svc.keys.tree_size(parent) >= cap:
+                raise HTTPException(
+                    409, f"account {parent}'s tree has the most sub-accounts allowed ({cap} sub-accounts)"
+                )
         return ev.AccountOpened(ts, _next_id(svc, eng, wanted))
 
-    outcome = await submit(svc, p, build, idem, ("open", wanted, parent))
+    return build
+
+
+def _opened(svc: Service, p: Principal, outcome: Any) -> dict[str, Any]:
     event = outcome.event
     assert isinstance(event, ev.AccountOpened)
     aid = event.account_id
-    if parent is not None:
-        svc.keys.link(aid, parent)  # after the durable open (a replay links again: idempotent)
     return {**result_body(svc, outcome, p), "account_id": aid, "parent_id": svc.keys.parent_of(aid)}
+
+
+SUB_ACCOUNT_CAP = "the parent already has the most sub-accounts the service allows (nothing is logged)"
 
 
 @router.post(
     "",
     status_code=201,
     response_model=AccountCreated,
-    responses=errors(403, 404, 409),
+    responses=errors(403, 404, 409, refusal=SUB_ACCOUNT_CAP),
     summary="Open an account (optionally as a sub-account of parent_id)",
 )
 async def open_account(
@@ -90,7 +120,7 @@ async def open_account(
     "/{account_id}/sub-accounts",
     status_code=201,
     response_model=AccountCreated,
-    responses=errors(403, 404, 409),
+    responses=errors(403, 404, 409, refusal=SUB_ACCOUNT_CAP),
     summary="Open a sub-account: its own engine account, linked to this one in the service's registry",
 )
 async def open_sub_account(
@@ -121,7 +151,9 @@ async def get_account(
     account_id: AccountPath,
     svc: Svc,
     p: Annotated[Principal, OWNER_OF],
-    adl: Annotated[bool, Query(description="rank each position in its ADL queue (costs a queue scan)")] = True,
+    adl: Annotated[
+        bool, Query(description="rank each position in its ADL queue (costs a queue scan); true or false"), StrictBool
+    ] = True,
 ) -> dict[str, Any]:
     view = await svc.worker.read(lambda eng: views.account_view(eng, account_id, adl))
     return {**view, "parent_id": svc.keys.parent_of(account_id), "sub_accounts": svc.keys.children_of(account_id)}
@@ -160,10 +192,13 @@ def fill_input(account_id: int, body: Fill) -> tuple[Build, Any]:
 
 
 @router.post(
-    "/{account_id}/deposits", response_model=WriteResult, responses=errors(403, 404, 409), summary="Deposit collateral"
+    "/{account_id}/deposits",
+    response_model=WriteResult,
+    responses=errors(403, 404, 409),
+    summary="Report a deposit the venue's custody received (admin, venue)",
 )
 async def deposit(
-    account_id: AccountPath, body: Transfer, svc: Svc, p: Annotated[Principal, OWNER_OF], idem: IdempotencyKey = None
+    account_id: AccountPath, body: Transfer, svc: Svc, p: Annotated[Principal, VENUE_ON], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
     build, fingerprint = deposit_input(account_id, body)
     return await write(svc, p, build, idem, fingerprint)

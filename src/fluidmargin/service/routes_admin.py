@@ -8,12 +8,12 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
-from fluidmargin.service.auth import KeyRecord, Principal, require
+from fluidmargin.service.auth import KeyRecord, LastAdminKey, Principal, require
 from fluidmargin.service.codec import FieldError, render_event
-from fluidmargin.service.deps import IdempotencyKey, Svc, errors, write
+from fluidmargin.service.deps import IdempotencyKey, StrictInt, StrictJSONRoute, Svc, errors, write
 from fluidmargin.service.schemas import EventsPage, KeyCreate, KeyCreated, KeyOut, WriteResult
 
-router = APIRouter(prefix="/v1", tags=["admin"])
+router = APIRouter(prefix="/v1", tags=["admin"], route_class=StrictJSONRoute)
 ADMIN = require("admin")
 
 
@@ -54,11 +54,19 @@ async def list_keys(svc: Svc, p: Annotated[Principal, ADMIN]) -> list[dict[str, 
     return [key_out(r) for r in svc.keys.all_keys()]
 
 
-@router.delete("/keys/{key_id}", response_model=KeyOut, responses=errors(403, 404), summary="Revoke a key")
+@router.delete(
+    "/keys/{key_id}",
+    response_model=KeyOut,
+    responses=errors(403, 404, refusal="the last active admin key cannot be revoked (create another first)"),
+    summary="Revoke a key (never the last active admin key)",
+)
 async def revoke_key(
     key_id: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ADMIN]
 ) -> dict[str, Any]:
-    rec = svc.keys.revoke(key_id)
+    try:
+        rec = svc.keys.revoke(key_id)
+    except LastAdminKey as e:
+        raise HTTPException(409, str(e)) from None
     if rec is None:
         raise HTTPException(404, f"unknown key {key_id!r}")
     return key_out(rec)
@@ -68,8 +76,8 @@ async def revoke_key(
 async def events(
     svc: Svc,
     p: Annotated[Principal, ADMIN],
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=0, le=2**62), StrictInt] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000), StrictInt] = 100,
 ) -> dict[str, Any]:
     def read(eng: Engine) -> dict[str, Any]:
         runner = svc.worker.runner

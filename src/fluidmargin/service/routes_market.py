@@ -12,7 +12,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, Svc, errors, write
+from fluidmargin.service.deps import IdempotencyKey, StrictJSONRoute, Svc, errors, write
 from fluidmargin.service.schemas import (
     FundsView,
     HaltIn,
@@ -20,11 +20,12 @@ from fluidmargin.service.schemas import (
     OracleView,
     ParameterChangeIn,
     PriceIn,
+    ReanchorIn,
     RiskParameters,
     WriteResult,
 )
 
-router = APIRouter(prefix="/v1", tags=["markets"])
+router = APIRouter(prefix="/v1", tags=["markets"], route_class=StrictJSONRoute)
 ANYONE = require("admin", "venue", "account", "publisher")
 PUBLISHERS = require("admin", "publisher")
 ADMIN = require("admin")
@@ -47,9 +48,41 @@ async def market(
     return await svc.worker.read(lambda eng: views.market_view(eng, symbol))
 
 
-@router.get("/oracle", response_model=OracleView, responses=errors(403), summary="Index prices, sources, validity")
+@router.get(
+    "/oracle",
+    response_model=OracleView,
+    responses=errors(403),
+    summary="Index prices, sources, validity (judged at the service's clock now)",
+)
 async def oracle(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
-    return await svc.worker.read(views.oracle_view)
+    return await svc.worker.read(lambda eng: views.oracle_view(eng, svc.worker.clock_ns()))
+
+
+@router.post(
+    "/oracle/{asset}/reanchor",
+    response_model=WriteResult,
+    responses=errors(403, 409),
+    summary="Re-anchor an asset's oracle at a new level (admin): a logged event",
+    description="After a genuine gap every print is refused as a jump: this moves the index to `price` (or, "
+    "without one, to the level the refused prints are pending at) and judges later prints from it. The "
+    "accounts are re-margined at once; liquidations wait for a quorum of sources printing near it.",
+)
+async def reanchor_oracle(
+    asset: Annotated[str, Path(max_length=64)],
+    body: ReanchorIn,
+    svc: Svc,
+    p: Annotated[Principal, ADMIN],
+    idem: IdempotencyKey = None,
+) -> dict[str, Any]:
+    if body.price is not None:
+        to_quantums(body.price, PRICE_DECIMALS, "price", positive=True)  # exact or 422 (the engine parses the text)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        if asset not in eng.markets_of_asset:
+            raise FieldError("asset", f"unknown asset {asset!r}")
+        return ev.OracleReanchorRequested(ts, asset, body.price or "", body.reason)
+
+    return await write(svc, p, build, idem, ("reanchor", asset, body.model_dump()))
 
 
 @router.post(

@@ -12,7 +12,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import AccountPath, IdempotencyKey, Svc, errors, write
+from fluidmargin.service.deps import AccountPath, IdempotencyKey, StrictJSONRoute, Svc, errors, write
 from fluidmargin.service.routes_accounts import OWNER_OF
 from fluidmargin.service.schemas import (
     MarginModeIn,
@@ -23,7 +23,7 @@ from fluidmargin.service.schemas import (
     WriteResult,
 )
 
-router = APIRouter(prefix="/v1", tags=["options"])
+router = APIRouter(prefix="/v1", tags=["options"], route_class=StrictJSONRoute)
 ANYONE = require("admin", "venue", "account", "publisher")
 PUBLISHERS = require("admin", "publisher")
 

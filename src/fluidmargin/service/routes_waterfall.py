@@ -12,7 +12,7 @@ from fluidmargin.model import events as ev
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.codec import SHARE_DECIMALS, market_of_auction, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, Svc, errors, write
+from fluidmargin.service.deps import IdempotencyKey, StrictJSONRoute, Svc, errors, write
 from fluidmargin.service.schemas import (
     AuctionView,
     Bid,
@@ -23,20 +23,28 @@ from fluidmargin.service.schemas import (
     WriteResult,
 )
 
-router = APIRouter(prefix="/v1", tags=["waterfall"])
+router = APIRouter(prefix="/v1", tags=["waterfall"], route_class=StrictJSONRoute)
 ANYONE = require("admin", "venue", "account", "publisher")
 LPS = require("admin", "account")
 AuctionPath = Annotated[str, Path(min_length=1, max_length=80)]
 
 
+def _redacted(view: dict[str, Any], p: Principal) -> dict[str, Any]:
+    """An auction as ``p`` may see it: admin and venue keys see whose positions it sells; others only
+    the accounts they may touch (a publisher: none)."""
+    if p.role in ("admin", "venue"):
+        return view
+    return {**view, "accounts": [a for a in view["accounts"] if p.may_touch(a)]}
+
+
 @router.get("/auctions", response_model=list[AuctionView], responses=errors(403), summary="Open auctions")
 async def auctions(svc: Svc, p: Annotated[Principal, ANYONE]) -> list[dict[str, Any]]:
-    return await svc.worker.read(views.auctions_view)
+    return [_redacted(a, p) for a in await svc.worker.read(views.auctions_view)]
 
 
 @router.get("/auctions/{auction_id}", response_model=AuctionView, responses=errors(403, 404), summary="One auction")
 async def auction(auction_id: AuctionPath, svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
-    return await svc.worker.read(lambda eng: views.one_auction(eng, auction_id))
+    return _redacted(await svc.worker.read(lambda eng: views.one_auction(eng, auction_id)), p)
 
 
 @router.post(

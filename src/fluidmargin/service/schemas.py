@@ -24,13 +24,17 @@ Dec = Annotated[
 ]
 DecOut = Annotated[str, Field(description="a decimal string in natural units", examples=["12.5"])]
 AccountId = Annotated[int, Field(ge=0, le=2**63 - 1, description="engine account id")]
+CLIENT_ACCOUNT_IDS = 2**40  # an id a client chooses for a new account lies below it (never the vault's)
+NewAccountId = Annotated[int, Field(ge=0, lt=CLIENT_ACCOUNT_IDS, description="an id below 2^40, not the vault's")]
 Role = Literal["admin", "venue", "account", "publisher"]
 MarginMode = Literal["cross", "isolated"]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: no unknown fields, no coercion (an int is a JSON integer, never "5", 5.0 or true)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- events -------------------------------------------------------------------------------------------
@@ -118,12 +122,12 @@ class KeyCreated(KeyOut):
 
 
 class AccountCreate(Strict):
-    account_id: AccountId | None = Field(None, description="default: the next free id")
+    account_id: NewAccountId | None = Field(None, description="default: the lowest free id")
     parent_id: AccountId | None = Field(None, description="open it as a sub-account of this account")
 
 
 class SubAccountCreate(Strict):
-    account_id: AccountId | None = Field(None, description="default: the next free id")
+    account_id: NewAccountId | None = Field(None, description="default: the lowest free id")
 
 
 class AccountCreated(WriteResult):
@@ -196,6 +200,10 @@ class AccountRisk(BaseModel):
     initial_margin: DecOut
     health: DecOut = Field(description="equity - maintenance margin")
     free_collateral: DecOut = Field(description="equity - initial margin")
+    withdrawable: DecOut = Field(
+        description="quote that may be withdrawn now: initial margin kept with unrealised profit counted at "
+        "withdraw_upnl_weight_ppm (losses in full), at most the quote balance; 0 while withdrawals are blocked"
+    )
     positions: list[PositionView]
 
 
@@ -277,13 +285,24 @@ class OraclePolicyOut(BaseModel):
     max_divergence_ppm: int
     min_sources: int
     aggregation: str
+    min_sources_liquidation: int
+    single_source_liquidation: bool
+    jump_window_ns: int
+    reanchor_prints: int
+    reanchor_after_ns: int
+    reanchor_tolerance_ppm: int
+    divergence_halt_ns: int
 
 
 class OracleAsset(BaseModel):
     asset: str
     index_price: DecOut | None
     index_ts_ns: int | None
-    validity: str
+    validity: str = Field(description="the index's validity as the engine would judge it at now_ns")
+    index_sources: int = Field(description="sources the index agrees with")
+    liquidation_grade: bool = Field(description="whether a breach is liquidated at this index now")
+    set_aside: list[str] = Field(description="sources set aside for divergence (their prices do not count)")
+    pending_level: DecOut | None = Field(description="a level refused as a jump, pending re-anchoring")
     sources: list[SourcePrice]
     policy: OraclePolicyOut
 
@@ -311,6 +330,11 @@ class HaltIn(Strict):
     reason: str = Field("", max_length=200)
 
 
+class ReanchorIn(Strict):
+    price: Dec | None = Field(None, description="the new reference level; absent: the pending level")
+    reason: str = Field("", max_length=200)
+
+
 # --- waterfall -------------------------------------------------------------------------------------------------
 
 
@@ -321,7 +345,7 @@ class AuctionView(BaseModel):
     price: DecOut = Field(description="the price as of engine time now_ns (it moves in the bidders' favour)")
     ref_price: DecOut
     started_ns: int
-    accounts: list[int]
+    accounts: list[int] = Field(description="the liquidated accounts behind it (an account key: only its own)")
     stale: str | None
     keeper_incentive: DecOut
     now_ns: int

@@ -31,7 +31,9 @@ input. *Channels* (``channels=``, comma separated, default ``all``): see :data:`
 *Slow clients*: each client has a bounded queue (``max_queue`` commits, ``max_queue_bytes``; one commit
 is always taken, however large); a live client whose queue overflows is dropped with close code 4408 and
 its queue freed (a commit's rendering is shared by every client with the same view, so the bound is on
-what one client holds back, not on copies). The engine worker
+what one client holds back, not on copies). The close frame follows the messages already in flight (no
+message is cut); a client that has not read them within ``close_timeout_s`` is disconnected without
+it. The engine worker
 only hands each committed batch to the event loop (``call_soon_threadsafe``) and never waits for a client.
 
 Close codes: 4400 bad parameters, 4401 missing/invalid/revoked key, 4403 role not allowed, 4408 slow
@@ -66,7 +68,7 @@ from fluidmargin.core.units import PPM, PRICE_DECIMALS
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service.auth import Principal
-from fluidmargin.service.codec import FieldError, Scales, render_event, to_quantums
+from fluidmargin.service.codec import FieldError, Scales, loads_json, render_event, to_quantums
 from fluidmargin.service.deps import EngineRejected, Service, rejection_status, result_body, submit
 from fluidmargin.service.schemas import PriceIn
 from fluidmargin.service.worker import IdempotencyMismatch, WorkerUnavailable
@@ -767,7 +769,7 @@ class StreamHub:
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
         ref: Any = None
         try:
-            obj = orjson.loads(data)
+            obj = loads_json(data)  # duplicate keys refused, as on every HTTP write
             if not isinstance(obj, dict):
                 raise FieldError("body", "expected a JSON object")
             ref = obj.pop("id", None)
@@ -790,7 +792,7 @@ class StreamHub:
             conf = to_quantums(body.confidence, 6, "confidence")
             if conf > PPM:
                 raise FieldError("confidence", "must be between 0 and 1")
-        except (orjson.JSONDecodeError, FieldError, PydanticValidationError, ValidationError) as e:
+        except (ValueError, FieldError, PydanticValidationError, ValidationError) as e:
             detail = _pydantic_detail(e) if isinstance(e, PydanticValidationError) else str(e)
             done.set_result({"id": ref, "ok": False, "status": 422, "detail": detail})
             return done

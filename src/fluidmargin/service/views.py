@@ -140,6 +140,7 @@ def account_risk(eng: Engine, r: int, adl: bool = True) -> dict[str, Any]:
         "initial_margin": q(im),
         "health": q(eq - mm),
         "free_collateral": q(eq - im),
+        "withdrawable": q(eng.withdrawable_quote_q(r)),
         "positions": [position_view(eng, r, p, eq, mm, adl) for p in eng.positions_of(r) if eng.pos_size[p] != 0],
     }
 
@@ -314,17 +315,30 @@ def market_view(eng: Engine, symbol: str) -> dict[str, Any]:
     raise NotFound(f"unknown market {symbol!r}")
 
 
-def oracle_view(eng: Engine) -> dict[str, Any]:
+def oracle_view(eng: Engine, now_ns: int = 0) -> dict[str, Any]:
+    """Index, sources and validity per asset, judged at ``now_ns`` (the time the service would stamp an
+    input with now; never before the engine's own clock): a feed that has gone quiet shows as stale."""
+    now = max(now_ns, eng.now_ns)
     assets = []
     for a in eng.assets:
         pol = eng.cfg.policy(a)
         sources = sorted((s, p, t) for (a2, s), (p, t) in eng.src_last.items() if a2 == a)
+        validity = orc.staleness(now, eng.index_ts.get(a), pol)
+        n = eng.index_n.get(a, 0)
+        grade = orc.allowed(validity, orc.Action.LIQUIDATE, pol) and orc.liquidation_grade(n, pol)
+        fresh = eng.fresh_sources(a, now)
+        agg = orc.aggregate_sources(fresh, eng.index_q.get(a), pol) if fresh else None
+        pending = eng.reanchor.get(a)
         assets.append(
             {
                 "asset": a,
                 "index_price": px(eng.index_q.get(a)),
                 "index_ts_ns": eng.index_ts.get(a),
-                "validity": orc.staleness(eng.now_ns, eng.index_ts.get(a), pol).name.lower(),
+                "validity": validity.name.lower(),
+                "index_sources": n,
+                "liquidation_grade": bool(grade and not eng.auto_halt(a)),
+                "set_aside": list(agg.outliers) if agg is not None and agg.index_q is not None else [],
+                "pending_level": px(pending.last_q) if pending is not None else None,
                 "sources": [{"source": s, "price": fmt(p, PRICE_DECIMALS), "ts_ns": t} for s, p, t in sources],
                 "policy": {
                     "max_staleness_ns": pol.max_staleness_ns,
@@ -333,10 +347,17 @@ def oracle_view(eng: Engine) -> dict[str, Any]:
                     "max_divergence_ppm": pol.max_divergence_ppm,
                     "min_sources": pol.min_sources,
                     "aggregation": pol.aggregation,
+                    "min_sources_liquidation": pol.min_sources_liquidation,
+                    "single_source_liquidation": pol.single_source_liquidation,
+                    "jump_window_ns": pol.jump_window_ns,
+                    "reanchor_prints": pol.reanchor_prints,
+                    "reanchor_after_ns": pol.reanchor_after_ns,
+                    "reanchor_tolerance_ppm": pol.reanchor_tolerance_ppm,
+                    "divergence_halt_ns": pol.divergence_halt_ns,
                 },
             }
         )
-    return {"now_ns": eng.now_ns, "assets": assets}
+    return {"now_ns": now, "assets": assets}
 
 
 def auction_view(eng: Engine, a: wfl.Auction) -> dict[str, Any]:

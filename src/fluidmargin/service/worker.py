@@ -1,9 +1,12 @@
 """The engine worker: the one thread that owns the Runner (and so the Engine and its log).
 
-Requests put jobs on a queue; the worker takes whatever is queued (up to ``max_batch``), applies
-the writes in order, group-commits them with one :meth:`Runner.flush`, and only then resolves every
-job of the batch, reads included, so nothing is acknowledged (or shown) before it is durable.
-Reads run in queue order between the writes, so each sees the state as of its place in the stream.
+Requests put jobs on a queue; the worker takes whatever is queued, applies the writes (up to
+``max_batch``) in order, group-commits them with one :meth:`Runner.flush`, and only then resolves
+them, so nothing is acknowledged before it is durable. Writes go first: reads run when no write is
+waiting (and at least one after each batch of writes, so a stream of writes cannot starve them), for a
+slice of ``read_slice_s`` or until something new is queued; a heavy read delays a write by at most its
+own length. A read sees every write queued before it (perhaps later ones too), all of them durable.
+:class:`ReadFairness` keeps one key's reads from taking the engine thread from everyone else.
 
 The service, not the engine, reads the clock: each input is stamped here, at apply time, with
 ``max(wall clock, last stamp + 1, engine time)``, strictly increasing. An ``event_id`` (the
@@ -27,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import gc
 import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -42,6 +46,7 @@ from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service.storage import IdempotencyIndex, fingerprint_digest
+from fluidmargin.store.log import StoreUnavailable
 from fluidmargin.store.runner import Runner
 
 log = logging.getLogger("fluidmargin.service")
@@ -94,9 +99,77 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     timing: list[float] = field(default_factory=list)
+    owner: str | None = None  # the key id a read is charged to (read_owner)
 
 
 _STOP = object()
+
+read_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("fluidmargin_read_owner", default=None)
+"""The id of the API key the current request runs for (set by the request guard): its reads' engine time
+is charged to that key."""
+
+
+class ReadFairness:
+    """Per-key fairness for reads, so that one key's reads cannot starve everyone else.
+
+    * ``in_flight``: at most this many GET requests of one key are served at once (:meth:`turn`, taken
+      by the request guard before the app sees the request); the others wait in arrival order, costing
+      nothing. 0: no cap.
+    * ``share``: one key's reads may use, on average, at most this fraction of the engine thread's time.
+      Each read's engine time is charged to its key (:meth:`charge`); a key in debt waits in
+      :meth:`admit` before its next read is queued. Credit accrues at ``share`` seconds a second, up to
+      ``burst_s``. 0: no budget.
+
+    Writes are never held here (the worker runs them before any read).
+    """
+
+    def __init__(
+        self, share: float = 0.25, burst_s: float = 0.5, in_flight: int = 2, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.share = share
+        self.burst_s = burst_s
+        self.in_flight = in_flight
+        self._clock = clock
+        self._credit: dict[str, tuple[float, float]] = {}  # key id -> (engine seconds of credit, as of)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._lock = threading.Lock()  # charge() runs in the worker thread
+
+    def _balance(self, key: str, now: float) -> float:
+        credit, at = self._credit.get(key, (self.burst_s, now))
+        return min(self.burst_s, credit + (now - at) * self.share)
+
+    def charge(self, key: str, seconds: float) -> None:
+        """Charge ``seconds`` of engine time to ``key`` (called in the worker thread)."""
+        if self.share <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            self._credit[key] = (self._balance(key, now) - seconds, now)
+
+    def debt_s(self, key: str) -> float:
+        """How long ``key`` must wait before its next read may be queued (0: now)."""
+        if self.share <= 0:
+            return 0.0
+        with self._lock:
+            balance = self._balance(key, self._clock())
+        return 0.0 if balance >= 0 else -balance / self.share
+
+    async def admit(self, key: str) -> None:
+        """Wait until ``key`` is out of debt."""
+        while (wait := self.debt_s(key)) > 0:
+            await asyncio.sleep(wait)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        """One of ``key``'s ``in_flight`` places for a GET request, held while it is served."""
+        if self.in_flight <= 0:
+            yield
+            return
+        sem = self._slots.get(key)
+        if sem is None:
+            sem = self._slots[key] = asyncio.Semaphore(self.in_flight)
+        async with sem:
+            yield
 
 
 class EngineWorker:
@@ -113,7 +186,11 @@ class EngineWorker:
         on_apply: Callable[[str, float], None] | None = None,
         on_flush: Callable[[float], None] | None = None,
         gc_young_threshold: int = 50_000,
+        fairness: ReadFairness | None = None,
+        read_slice_s: float = 0.002,
     ) -> None:
+        self.fairness = fairness
+        self.read_slice_s = read_slice_s
         self._open_runner = open_runner
         self.gc_young_threshold = gc_young_threshold
         self._clock = clock
@@ -123,6 +200,8 @@ class EngineWorker:
         self._on_apply = on_apply
         self._on_flush = on_flush
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writes: deque[_Job] = deque()  # taken from the queue, not yet run (worker thread only)
+        self._reads: deque[_Job] = deque()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
@@ -141,7 +220,12 @@ class EngineWorker:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout: float = 600.0) -> None:
-        """Start the thread and open (recover) the log in it; raises what opening raised."""
+        """Start the thread and open (recover) the log in it; raises what opening raised. Once only:
+        a second call (the app's lifespan, after ``serve`` started it) returns or raises as the first."""
+        if self._thread is not None:
+            if self._open_error is not None:
+                raise self._open_error
+            return
         if self.gc_young_threshold:
             # a young collection every 700 allocations (the default) soon promotes the request path's
             # garbage-free churn into full collections over the whole heap (the engine, the caches):
@@ -170,12 +254,18 @@ class EngineWorker:
         assert self.runner is not None
         return self.runner.engine
 
+    def clock_ns(self) -> int:
+        """The time an input applied now would at least be stamped with (no stamp is taken): for reads
+        that judge time-dependent state, such as staleness, at the service's now."""
+        eng_now = self.runner.engine.now_ns if self.runner is not None else 0
+        return max(self._clock(), self._last_ts, eng_now)
+
     def add_commit_listener(self, fn: CommitListener) -> None:
         """Call ``fn(records)`` in the worker thread after each commit (records in seq order)."""
         self._listeners.append(fn)
 
     def queued(self) -> int:
-        return self._q.qsize()
+        return self._q.qsize() + len(self._writes) + len(self._reads)
 
     # --- submitting -----------------------------------------------------------------------------
 
@@ -184,7 +274,7 @@ class EngineWorker:
             raise WorkerUnavailable("the engine worker is not running")
         if self.failed:
             raise WorkerUnavailable(f"the engine worker stopped: {self.failed}")
-        if self._q.qsize() >= self.max_queued:
+        if self.queued() >= self.max_queued:
             raise WorkerUnavailable("too many requests queued; retry later")
 
     async def write(self, build: Build, event_id: str = "", fingerprint: Any = None) -> Outcome:
@@ -201,10 +291,14 @@ class EngineWorker:
         return out
 
     async def read(self, fn: Callable[[Engine], T]) -> T:
-        """Run ``fn(engine)`` in the worker, in queue order; resolves after the batch's commit."""
+        """Run ``fn(engine)`` in the worker once no write is waiting; it sees every write queued before it,
+        durable. A request's read waits first while its key is over its share (:class:`ReadFairness`)."""
+        owner = read_owner.get()
+        if owner is not None and self.fairness is not None:
+            await self.fairness.admit(owner)
         self._check()
         loop = asyncio.get_running_loop()
-        job = _Job(fn, False, loop=loop, fut=loop.create_future())
+        job = _Job(fn, False, loop=loop, fut=loop.create_future(), owner=owner)
         self._q.put(job)
         out: T = await job.fut
         return out
@@ -249,23 +343,48 @@ class EngineWorker:
             self._close_index()
         self._ready.set()
         stop: tuple[Any, bool] | None = None
-        while stop is None:
-            item = self._q.get()
-            batch: list[_Job] = []
-            while True:
-                if isinstance(item, tuple) and item and item[0] is _STOP:
-                    stop = item
-                    break
-                batch.append(item)
-                if len(batch) >= self.max_batch:
-                    break
+        writes, reads = self._writes, self._reads
+        while True:
+            block = stop is None and not writes and not reads
+            while stop is None:  # take everything queued (waiting only when there is nothing to do)
                 try:
-                    item = self._q.get_nowait()
+                    item = self._q.get() if block else self._q.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._run_batch(batch)
+                block = False
+                if isinstance(item, tuple) and item and item[0] is _STOP:
+                    stop = item  # what is queued after it is refused by _close
+                else:
+                    (writes if item.write else reads).append(item)
+            if writes:
+                self._run_batch([writes.popleft() for _ in range(min(len(writes), self.max_batch))])
+            if reads:  # at least one after each batch of writes: a steady stream of writes cannot starve them
+                self._run_reads(reads)
+            elif not writes and stop is not None:
+                break
         self._close(snapshot=stop[1])
+
+    def _run_reads(self, reads: deque[_Job]) -> None:
+        """Run queued reads for up to ``read_slice_s`` (at least one), or until something new is queued;
+        every write applied so far is durable, so each is resolved at once."""
+        runner = self.runner
+        assert runner is not None
+        done: list[_Job] = []
+        deadline = time.perf_counter() + self.read_slice_s
+        while reads:
+            job = reads.popleft()
+            t0 = time.perf_counter()
+            try:
+                job.result = job.fn(runner.engine)
+            except Exception as e:
+                job.error = e
+            t1 = time.perf_counter()
+            if job.owner is not None and self.fairness is not None:
+                self.fairness.charge(job.owner, t1 - t0)
+            done.append(job)
+            if t1 >= deadline or not self._q.empty():
+                break
+        _resolve(done)
 
     def _close_index(self) -> None:
         if self._index is not None:
@@ -294,6 +413,8 @@ class EngineWorker:
     def _run_batch(self, batch: list[_Job]) -> None:
         runner = self.runner
         assert runner is not None
+        if runner.stale and not self._reload(runner, batch):
+            return
         committed: Records = []
         written: list[_Job] = []
         for job in batch:
@@ -304,7 +425,7 @@ class EngineWorker:
                 else:
                     job.result = job.fn(runner.engine)
             except Exception as e:
-                job.error = e
+                job.error = WorkerUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e
         if committed or written:
             try:
                 t0 = time.perf_counter()
@@ -314,6 +435,11 @@ class EngineWorker:
                 for job in written:
                     if job.error is None:
                         job.result.durable_seq = self.durable_seq
+            except StoreUnavailable as e:  # retried for a while already; the engine is rebuilt once it is back
+                log.warning("commit failed, the store is unavailable: %s", e)
+                for job in batch:  # reads too: they saw writes that are now dropped
+                    job.error = WorkerUnavailable(f"not acknowledged, not applied: {e}; retry (same Idempotency-Key)")
+                committed = []
             except Exception as e:
                 log.exception("commit failed")
                 self.failed = self.failed or f"commit failed: {e!r}"
@@ -335,6 +461,36 @@ class EngineWorker:
                 except Exception:
                     log.exception("commit listener failed")
             self._maybe_snapshot()
+
+    def _reload(self, runner: Runner, batch: list[_Job]) -> bool:
+        """Rebuild the engine from the log after a commit the store could not take (Runner.reload); while
+        the store is still away the batch is answered 503 (False)."""
+        try:
+            found = runner.reload()
+        except Exception as e:
+            if not isinstance(e, StoreUnavailable):
+                log.exception("rebuilding the engine from the log failed")
+                self.failed = self.failed or f"rebuilding the engine from the log failed: {e!r}"
+            for job in batch:
+                job.error = WorkerUnavailable(f"the store is unavailable ({e}); retry later")
+            _resolve(batch)
+            return False
+        self._idem.clear()  # outcomes of writes that were dropped
+        self._indexed = []
+        self.durable_seq = runner.durable_seq
+        log.warning("the store is back: the engine was rebuilt from the log (seq %d)", self.durable_seq)
+        if found:  # committed, though the commit's answer was lost: tell the listeners now
+            for fn in self._listeners:
+                try:
+                    fn(found)
+                except Exception:
+                    log.exception("commit listener failed")
+        if self._index is not None:
+            try:
+                self._index.catch_up(runner)
+            except Exception:
+                log.exception("idempotency index catch-up failed")
+        return True
 
     def _write(self, job: _Job, committed: Records) -> Outcome:
         runner = self.runner
