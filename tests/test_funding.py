@@ -5,17 +5,23 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fluidmargin.core.units import FUNDING_SCALE, NS_PER_S, PRICE_SCALE, QUOTE_SCALE
+from fluidmargin.model import events as ev
 from fluidmargin.model.instruments import FundingParams
 from fluidmargin.risk.funding import (
     RATE_SCALE,
     accrue_fidx,
+    accrue_fidx_carry,
     funding_owed_quote_q,
     funding_payment_quote_q,
     funding_rate_e9,
     premium_e9,
 )
+from fluidmargin.sim.venues import perp_venue
+from strategies import Desk, state_diff
 
 INTERVAL_S = 8 * 3600
 BINANCE = FundingParams(interval_s=INTERVAL_S, interest_e9=100_000, damper_e9=500_000, cap_e9=3_000_000)
@@ -100,3 +106,65 @@ def test_funding_settlement_favours_the_system(size: int) -> None:
     assert exact.denominator != 1
     assert owed == -((-exact.numerator) // exact.denominator)  # ceil
     assert owed + funding_owed_quote_q(-size, fidx, 0, 0) == 1  # the two sides leave one quantum behind
+
+
+# --- the carried remainder: n small steps equal one big step, exactly ------------------------------
+
+
+def _den(interval_s: int) -> int:
+    """The index's remainder unit: 1/den of a 1e-12 quote per base unit (as accrue_fidx_carry divides)."""
+    return RATE_SCALE * PRICE_SCALE * interval_s * NS_PER_S
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate_e9=st.integers(-RATE_SCALE, RATE_SCALE),
+    price_q=st.integers(1, 10**16),
+    interval_s=st.sampled_from([3600, INTERVAL_S]),
+    steps=st.lists(st.integers(1, 10**13), min_size=1, max_size=40),
+    rem_frac=st.fractions(0, 1).filter(lambda f: f < 1),
+)
+def test_carry_many_small_steps_equal_one_big_step(
+    rate_e9: int, price_q: int, interval_s: int, steps: list[int], rem_frac: Fraction
+) -> None:
+    den = _den(interval_s)
+    rem0 = int(rem_frac * den)  # any carried remainder in [0, den)
+    fidx, rem = 0, rem0
+    for dt_ns in steps:
+        inc, rem = accrue_fidx_carry(rate_e9, price_q, dt_ns, interval_s, rem)
+        assert 0 <= rem < den
+        fidx += inc
+    one = accrue_fidx_carry(rate_e9, price_q, sum(steps), interval_s, rem0)
+    assert (fidx, rem) == one
+    # and both are the exact accrual, split into whole index units and the carried part
+    exact = Fraction(rem0, den) + Fraction(rate_e9 * price_q * sum(steps) * FUNDING_SCALE, den)
+    assert fidx + Fraction(rem, den) == exact
+    # from no remainder, the increment is accrue_fidx's floor
+    if rem0 == 0:
+        assert fidx == accrue_fidx(rate_e9, price_q, sum(steps), interval_s)
+
+
+def test_carry_engine_many_clock_steps_equal_one() -> None:
+    """Two engines on the same prices: one advances the clock 480 times by 0.1 s, the other once by 48 s;
+    each market's funding index and carried remainder are the same in the engine state."""
+    small, big = Desk(perp_venue()), Desk(perp_venue())
+    for d in (small, big):
+        d.price("BTC", "50000.12345678")
+        d.price("ETH", "3000.87654321")
+    t0 = small.t
+    assert big.t == t0
+    step_ns = 100_000_001  # 0.1 s and 1 ns: each step's accrual leaves a remainder (checked below)
+    n = 480
+    for _ in range(n):
+        out = small.clock(step_ns)
+        assert not any(isinstance(e, ev.InputRejected) for e in out), out
+    out = big.clock_to(t0 + n * step_ns)
+    assert not any(isinstance(e, ev.InputRejected) for e in out), out
+    assert small.t == big.t
+    for ms, mb in zip(small.eng.markets, big.eng.markets, strict=True):
+        assert ms.rate_e9 == mb.rate_e9 != 0 and ms.mark_q == mb.mark_q
+        # one step's remainder is not zero, so dropping it would lose index units over the 480 steps
+        assert accrue_fidx_carry(ms.rate_e9, ms.mark_q, step_ns, ms.spec.funding.interval_s, 0)[1] != 0
+        assert (ms.fidx, ms.fidx_rem, ms.fidx_ts_ns) == (mb.fidx, mb.fidx_rem, mb.fidx_ts_ns)
+        assert mb.fidx != 0
+    assert state_diff(small.eng.state_dict()["markets"], big.eng.state_dict()["markets"]) == []
