@@ -586,7 +586,10 @@ def test_dashboard_summary_and_page(tmp_path: Path) -> None:
             r = httpx.get(f"{w.url}/v1/dashboard/summary", headers=hdr)
             assert r.status_code == status, r.text
         own = w.key("account", account_ids=[safe])
-        assert httpx.get(f"{w.url}/v1/dashboard/summary", headers={"Authorization": f"Bearer {own}"}).status_code == 200
+        r = httpx.get(f"{w.url}/v1/dashboard/summary", headers={"Authorization": f"Bearer {own}"})
+        assert r.status_code == 200
+        # the venue's aggregates, but not who else is at risk: among the worst, only its own account
+        assert [x["account_id"] for x in r.json()["worst"]] == [safe] and r.json()["accounts"] == s["accounts"]
         # the page and its assets, served by the app itself (no CDN), without a key
         page = httpx.get(f"{w.url}/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
