@@ -226,6 +226,13 @@ def test_deeply_nested_json(tmp_path: Path) -> None:
     p = tmp_path / "BTC_USDT-1m.json"
     p.write_text("[\n" + "[" * 100_000 + "]" * 100_000 + "\n]")
     _refused(p, 2, "nested more than")
+    # the limit itself: 8 levels are read (and refused for their content), 9 are not parsed at all
+    p.write_text("[" * (cm.MAX_JSON_DEPTH + 1) + "]" * (cm.MAX_JSON_DEPTH + 1))
+    _refused(p, 1, f"nested more than {cm.MAX_JSON_DEPTH} levels")
+    p.write_text("[" * cm.MAX_JSON_DEPTH + "]" * cm.MAX_JSON_DEPTH)
+    with pytest.raises(InputFileError) as ei:
+        load_candles(p)
+    assert "nested" not in ei.value.reason
 
 
 def test_a_file_too_large_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,6 +259,9 @@ def test_a_file_too_large_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ([HEADER, ROWS[0], f"{T0 + 60_000},10.5,10.9,10.1,-inf,2"], 3, "non-finite value '-inf' in column 'close'"),
         ([HEADER, ROWS[0], f"{T0 + 60_000},10.5,10.9,10.1,0,2"], 3, "not a positive"),
         ([HEADER, ROWS[0], f"{T0 + 60_000},10.5,10.0,10.1,10.05,2"], 3, "inconsistent candle"),
+        # high 10.6 above low 10.1 but below the open 10.7; low 10.4 above the close 10.3
+        ([HEADER, ROWS[0], f"{T0 + 60_000},10.7,10.6,10.1,10.5,2"], 3, "inconsistent candle"),
+        ([HEADER, ROWS[0], f"{T0 + 60_000},10.5,10.9,10.4,10.3,2"], 3, "inconsistent candle"),
         ([HEADER, ROWS[0], f"{T0 + 60_000},10.5,10.9"], 3, "columns"),  # a truncated last line
         ([HEADER, ROWS[0], f"{T0 + 60_000},,10.9,10.1,10.2,2"], 3, "non-numeric value '' in column 'open'"),
     ],

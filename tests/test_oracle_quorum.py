@@ -176,6 +176,17 @@ def test_a_burst_of_consistent_prints_does_not_re_anchor() -> None:
     assert d.index == 50_000
 
 
+def test_a_slow_trickle_below_the_print_count_does_not_re_anchor() -> None:
+    # 2 consistent prints 90 s apart: enough time, too few prints (3 needed); the third adopts the level
+    d = Desk(venue(), ("s1",))
+    assert kinds(d.price("35000", "s1", dt=S), ev.OraclePriceRejected)
+    got = d.price("35000", "s1", dt=90 * S)
+    assert kinds(got, ev.OraclePriceRejected) and not kinds(got, ev.OracleReanchored)
+    assert d.index == 50_000
+    assert kinds(d.price("35000", "s1", dt=S), ev.OracleReanchored)
+    assert d.index == 35_000
+
+
 def test_an_operator_re_anchor_is_a_logged_event_and_sources_confirm_it() -> None:
     d = Desk(venue(), ("s1", "s2"))
     for s in ("s1", "s2"):

@@ -158,6 +158,10 @@ def test_a_body_over_the_cap_is_413_and_never_held(server: Server) -> None:
     declared = Sent()
     send_large(server.port, ADMIN, 64, False, declared)  # Content-Length over the cap: refused on the head
     assert (declared.status, declared.before_body) == (413, True), declared
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:  # one byte over, declared: same
+        sock.sendall(head("/v1/accounts/1/deposits", ADMIN, MAX_BODY + 1))
+        got = answer(sock, 3.0)  # answered on the head alone (no body sent; read timeout 10 s is far off)
+        assert got is not None and got[0] == 413, got
 
     with socket.create_connection(("127.0.0.1", server.port)) as sock:  # chunked: cut at the cap
         sock.sendall(head("/v1/accounts/1/deposits", ADMIN, chunked=True))

@@ -196,6 +196,20 @@ def test_an_isolated_position_keeps_its_margin_and_its_profit_out_of_withdrawals
     assert rejected(d.withdraw(ALICE, usd(1_000))) == []
 
 
+@pytest.mark.parametrize("weight_ppm", [0, 500_000])
+def test_an_isolated_profit_neither_adds_to_nor_takes_from_the_cross_withdrawable(weight_ppm: int) -> None:
+    # State: 2,000 USD; isolated long 1 BTC @ 50,000 at 50x with 1,000 in its bucket; cross: short 10 ETH
+    # @ 3,000 at 50x (IM 600). BTC rallies to 55,000 (the bucket's +5,000), ETH stays.
+    d = desk(venue(weight_ppm))
+    d.open(ALICE, 2_000)
+    d.fill(ALICE, BTC, base(1), px(50_000), leverage=50, margin_mode="isolated", isolated_margin_quote_q=usd(1_000))
+    d.fill(BOB, BTC, -base(1), px(50_000), leverage=50)
+    d.pair(CAROL, ALICE, ETH, base(10), px(3_000), leverage=50)
+    quote(d, "BTC", "55000")
+    # cross: 1,000 balance - 600 IM = 400, whatever the weight: the isolated profit is the bucket's
+    assert withdrawable(d) == usd(400)
+
+
 def test_funding_owed_counts_in_full_so_settling_it_changes_nothing() -> None:
     # State: 1,500 USD, long 1 BTC @ 50,000 at 50x, funding on (longs pay 0.01 % per 8 h); weight 50 %
     d = desk(venue(500_000, funding=True))
