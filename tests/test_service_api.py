@@ -112,8 +112,8 @@ def make_app(tmp: Path, **kw: Any) -> Any:
 
 
 @contextmanager
-def running(tmp: Path) -> Iterator[Api]:
-    app = make_app(tmp)
+def serving(app: Any) -> Iterator[Api]:
+    """``app`` served on loopback by a real uvicorn, with an admin client that checks every answer."""
     with (
         ServerThread(app) as url,
         httpx.Client(
@@ -123,7 +123,12 @@ def running(tmp: Path) -> Iterator[Api]:
             event_hooks={"response": [_check_response]},
         ) as c,
     ):
-        api = Api(app, c)
+        yield Api(app, c)
+
+
+@contextmanager
+def running(tmp: Path) -> Iterator[Api]:
+    with serving(make_app(tmp)) as api:
         api.keys["pub"] = api.key("publisher", source="test-feed")
         api.price("BTC", "50000")
         api.price("ETH", "3000")

@@ -14,13 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from fluidmargin.model.config import BackstopSpec
 from fluidmargin.service import ServiceSettings, create_app
-from fluidmargin.service.testing import ServerThread
 from fluidmargin.sim.venues import waterfall_venue
-from test_service_api import ADMIN, Api, _check_response
+from test_service_api import ADMIN, Api, serving
 
 S = 10**9
 T0 = 1_700_000_000 * S
@@ -42,16 +39,7 @@ def service(tmp: Path) -> Iterator[tuple[Api, Clock]]:
     clock = Clock()
     cfg = dataclasses.replace(waterfall_venue(), backstop=BackstopSpec(withdrawal_delay_ns=1))
     app = create_app(ServiceSettings(db=tmp / "log.db", config=cfg, admin_key=ADMIN, clock=clock, rate_per_s=0))
-    with (
-        ServerThread(app) as url,
-        httpx.Client(
-            base_url=url,
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=30,
-            event_hooks={"response": [_check_response]},
-        ) as c,
-    ):
-        api = Api(app, c)
+    with serving(app) as api:
         api.keys["pub"] = api.key("publisher", source="feed-a")
         api.keys["pub2"] = api.key("publisher", source="feed-b")
         yield api, clock

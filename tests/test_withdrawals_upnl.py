@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from fluidmargin.core.units import PPM
@@ -25,10 +24,9 @@ from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.risk import margin
 from fluidmargin.service import ServiceSettings, create_app, views
-from fluidmargin.service.testing import ServerThread
 from fluidmargin.sim.venues import perp_venue
 from strategies import NS, Desk, base, of_type, px, usd, without_funding
-from test_service_api import ADMIN, Api, _check_response
+from test_service_api import ADMIN, Api, serving
 
 ALICE, BOB, CAROL, DAVE = 1, 2, 3, 4
 BTC, ETH = "BTC-PERP", "ETH-PERP"
@@ -52,16 +50,7 @@ def venue(weight_ppm: int = 0, funding: bool = False) -> EngineConfig:
 def service(tmp: Path, cfg: EngineConfig) -> Iterator[Api]:
     ticks = itertools.count(NS, 10**6)  # event time: one millisecond a request, so the figures are exact
     app = create_app(ServiceSettings(db=tmp / "log.db", config=cfg, admin_key=ADMIN, clock=lambda: next(ticks)))
-    with (
-        ServerThread(app) as url,
-        httpx.Client(
-            base_url=url,
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=30,
-            event_hooks={"response": [_check_response]},
-        ) as c,
-    ):
-        api = Api(app, c)
+    with serving(app) as api:
         api.keys["pub"] = api.key("publisher", source="test-feed")
         api.keys["pub2"] = api.key("publisher", source="test-feed-2")
         price(api, "BTC", "50000")

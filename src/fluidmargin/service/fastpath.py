@@ -98,10 +98,10 @@ class FastPath:
             msg = await receive()
             read.append(msg)
             if msg["type"] != "http.request":
-                return False, _replaying(read, receive)
+                return False, replaying(read, receive)
             body += msg.get("body", b"")
             if len(body) > MAX_BODY:
-                return False, _replaying(read, receive)
+                return False, replaying(read, receive)
             if not msg.get("more_body", False):
                 break
         try:
@@ -110,7 +110,7 @@ class FastPath:
         except (ValueError, RecursionError, PydanticError):  # DuplicateKey, JSON and UTF-8 errors are ValueErrors
             fields = None
         if fields is None or svc.limiter.take(rec.key_id, rec.rate_per_s, rec.burst):
-            return False, _replaying(read, receive)
+            return False, replaying(read, receive)
 
         build, fingerprint = make_input(account_id, fields)
         try:
@@ -119,7 +119,7 @@ class FastPath:
             response = self.render_error(svc, e, p)
             if response is None:
                 raise
-            await response(scope, _replaying(read, receive), send)
+            await response(scope, replaying(read, receive), send)
             self._observe(template, response.status_code, t0)
             return True, receive
         payload = orjson.dumps(result_body(svc, outcome, p))
@@ -144,7 +144,7 @@ class FastPath:
         child.observe(time.perf_counter() - t0)
 
 
-def _replaying(read: list[Message], receive: Receive) -> Receive:
+def replaying(read: list[Message], receive: Receive) -> Receive:
     """A ``receive`` that gives ``read`` again, then goes on with ``receive``."""
     pending = list(read)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from fluidmargin.service.fastpath import replaying
 from fluidmargin.service.worker import ReadFairness, read_owner
 
 Message = dict[str, Any]
@@ -87,7 +88,7 @@ class RequestGuard:
             read = await self._read_body(receive, send, cap)
             if read is None:
                 return
-            receive = _replaying(read, receive)
+            receive = replaying(read, receive)
         if key_id is None:
             await self.app(scope, receive, send)
             return
@@ -135,18 +136,6 @@ def _withheld() -> Receive:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     return receive
-
-
-def _replaying(read: list[Message], receive: Receive) -> Receive:
-    """A ``receive`` that gives ``read`` again, then goes on with ``receive``."""
-    pending = list(read)
-
-    async def again() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return again
 
 
 async def _error(send: Send, status: int, detail: str, close: bool = False) -> None:
