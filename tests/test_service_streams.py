@@ -604,3 +604,16 @@ def test_dashboard_summary_and_page(tmp_path: Path) -> None:
             assert r.status_code == 200 and len(r.content) > 100
         assert "//" not in page.text.replace("://", "") or "http" not in page.text  # nothing fetched from elsewhere
         assert httpx.get(f"{w.url}/static/nope.js").status_code == 404
+
+
+def test_every_oracle_event_streams_on_the_prices_channel() -> None:
+    """A price subscriber sees everything that moves or refuses the index, re-anchors included."""
+    from fluidmargin.model import events as ev
+
+    oracle = {
+        c.__name__
+        for c in vars(ev).values()
+        if isinstance(c, type) and issubclass(c, ev.Event) and c.__name__.startswith(("Oracle", "Index", "Price"))
+    }
+    assert oracle >= {"OracleReanchored", "OracleReanchorRequested", "PriceObserved", "IndexPriceUpdated"}
+    assert oracle <= set(CHANNELS["prices"])

@@ -87,6 +87,8 @@ CHANNELS: dict[str, tuple[str, ...]] = {
         "MarkPriceUpdated",
         "LastTradeObserved",
         "FundingRatePublished",
+        "OracleReanchorRequested",
+        "OracleReanchored",
     ),
     "markets": (
         "MarketHaltRequested",
