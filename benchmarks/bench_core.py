@@ -55,7 +55,7 @@ def rss_mb() -> float:
 
 
 def build(n_accounts: int, seed: int, preset: str, screen: str = "incremental") -> tuple[Engine, ev.AccountsSeeded]:
-    cfg = perp_venue(tuple(ASSETS), preset=preset)
+    cfg = perp_venue(tuple(ASSETS), preset=preset, single_source_liquidation=True)  # one "bench" feed
     eng = Engine(cfg, screen=screen)
     for i, (a, p) in enumerate(ASSETS.items()):
         eng.apply(ev.PriceObserved(T0 + i, "bench", a, p))
@@ -173,7 +173,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
         out("log_ingest_events_per_s", "n/a (store missing)")
         return
     # real records: a small population under a random walk of prices, with its outputs
-    cfg = perp_venue(("BTC", "ETH"))
+    cfg = perp_venue(("BTC", "ETH"), single_source_liquidation=True)
     eng = Engine(cfg)
     records = []
     records += eng.apply(ev.PriceObserved(T0, "bench", "BTC", "60000"))
@@ -203,7 +203,7 @@ def bench_month(args: argparse.Namespace) -> None:
     c = load_candles(MONTH)
     if args.month_candles:
         c = c.slice(0, args.month_candles)
-    cfg = perp_venue(("BTC",))
+    cfg = perp_venue(("BTC",), single_source_liquidation=True)
     t = time.perf_counter()
     events = list(
         replay_events(

@@ -38,7 +38,8 @@ STEP_PPM = 5_000  # ... group g between 2.25 % + g x 0.5 % and the next step
 
 def venue():  # type: ignore[no-untyped-def]
     btc = LiquidationPolicy(execution="auction", batch=True)
-    return perp_venue(tuple(ASSETS), liquidation="partial", policies={TICKED: btc})
+    # one "bench" feed: the venue opts in to single-source liquidation (the quorum default is 2 sources)
+    return perp_venue(tuple(ASSETS), liquidation="partial", policies={TICKED: btc}, single_source_liquidation=True)
 
 
 def crafted(eng: Engine, first_id: int, groups: int, per_group: int, ts: int) -> ev.AccountsSeeded:

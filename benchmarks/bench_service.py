@@ -252,7 +252,7 @@ def engine_rate(n: int = 50_000) -> float:
     from fluidmargin.model import events as ev
     from fluidmargin.sim.venues import perp_venue
 
-    eng = Engine(perp_venue())
+    eng = Engine(perp_venue(single_source_liquidation=True))
     ts = 1_700_000_000 * 10**9
     accounts = list(range(1, 65))
     for a in accounts:

@@ -33,9 +33,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import ADMIN, HOST, Server, out
+
+from fluidmargin.sim.venues import waterfall_venue
 
 
 class Sub:
@@ -109,7 +112,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the server inherits it too
     with tempfile.TemporaryDirectory(prefix="fm-bench-ws-") as tmp:
         work = Path(tmp)
-        server = Server(str(work / "events.db"), work, ["--rate-limit", "0", "--snapshot-every", "0"], "waterfall")
+        # one publisher feeds the crash: the venue opts in to single-source liquidation (quorum default: 2)
+        cfg = work / "venue.json"
+        cfg.write_bytes(orjson.dumps(waterfall_venue(single_source_liquidation=True).to_dict()))
+        server = Server(str(work / "events.db"), work, ["--rate-limit", "0", "--snapshot-every", "0"], str(cfg))
         try:
             run(server, a.subscribers, a.ticks)
         finally:
