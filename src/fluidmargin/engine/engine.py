@@ -1161,11 +1161,8 @@ class Engine:
         now = self.now_ns if now_ns is None else now_ns
         pol = self.cfg.policy(asset)
         since = self.anchor_ts.get(asset, 0)
-        return {
-            s: p
-            for (a, s), (p, t) in sorted(self.src_last.items())
-            if a == asset and now - t <= pol.max_staleness_ns and t >= since
-        }
+        mine = sorted((s, pt) for (a, s), pt in self.src_last.items() if a == asset)  # sort this asset's only
+        return {s: p for s, (p, t) in mine if now - t <= pol.max_staleness_ns and t >= since}
 
     def _reindex(self, e: ev.PriceObserved, was_open: bool, out: list[ev.Event]) -> None:
         """Aggregate the sources after a print: a new index (marked, re-margined), a divergence, or none."""
