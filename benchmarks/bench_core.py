@@ -139,6 +139,7 @@ def bench_ticks(args: argparse.Namespace) -> None:
     out("ticks", len(ms))
     out("liquidations_during_ticks", liq)
     out("status_changes_during_ticks", flagged_outputs)
+    out("ticks_state_hash", eng.state_hash())  # refactors must leave it unchanged
     if not args.ref_ticks:
         out("remargin_speedup_vs_reference", "n/a (--ref-ticks 0)")
         return
@@ -224,6 +225,7 @@ def bench_month(args: argparse.Namespace) -> None:
             liq += len(o.account_ids) if isinstance(o, ev.PositionsLiquidated) else isinstance(o, ev.PositionLiquidated)
     dt = time.perf_counter() - t
     out("replay_month_s", round(dt, 2))
+    out("replay_month_state_hash", eng.state_hash())
     out(
         "replay_month_context",
         f"{len(c)} 1m candles of {MONTH.name}, {args.month_accounts} accounts, "

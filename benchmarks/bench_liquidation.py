@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             log.append(eng.apply(ev.PriceObserved(ts + (g + 1) * 10**9 + 5 * 10**8, "bench", TICKED, e.price)))
             quiet.append(time.perf_counter_ns() - t0)
         auctions = len(eng.wf.auctions)
+        state_hash = eng.state_hash()
         log.close()
         tmp.cleanup()
     ms = np.array(times) / 1e6
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     out("same_tick_without_breaches_median_ms", round(qmed, 2))
     out("mass_liquidation_vs_quiet_tick_ratio", round(med / qmed, 1))
     out("mass_liquidation_target_ms", "50 (median)")
+    out("mass_liquidation_state_hash", state_hash)  # refactors must leave it unchanged
     return 0
 
 
