@@ -24,7 +24,7 @@ from fluidmargin.core.units import PPM, PRICE_DECIMALS, Rounding, parse_decimal
 from fluidmargin.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.model.instruments import LiquidationPolicy
-from fluidmargin.risk import margin
+from fluidmargin.risk.perp import margin
 from fluidmargin.sim.population import build_population
 from fluidmargin.sim.venues import perp_venue
 from fluidmargin.store.log import EventLog
@@ -75,7 +75,7 @@ def crafted(eng: Engine, first_id: int, groups: int, per_group: int, ts: int) ->
 
 def warm_kernels() -> None:
     """Compile (or load from numba's cache) the exact close kernel before anything is timed."""
-    from fluidmargin.risk import mass_close as mc
+    from fluidmargin.risk.liquidation import mass_close as mc
 
     one = np.ones(1, dtype=np.int64)
     br = np.zeros(1, dtype=np.int64)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fluidmargin.core.rng import make_rng
-from fluidmargin.risk.pm_batch import (
+from fluidmargin.risk.options.pm_batch import (
     PmBook,
     PmMarket,
     ScreenParams,
@@ -26,7 +26,7 @@ from fluidmargin.risk.pm_batch import (
     pm_full_reval,
     pm_screen_reval,
 )
-from fluidmargin.risk.portfolio import DERIVE_PM2, portfolio_margin
+from fluidmargin.risk.options.portfolio import DERIVE_PM2, portfolio_margin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import out

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from fluidmargin.core.rng import make_rng
-from fluidmargin.risk import jumps, vol
+from fluidmargin.risk.stats import jumps, vol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import out

@@ -7,22 +7,10 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-VECTORS = SHARED / "vectors"
-PRICES = SHARED / "prices"
-
-
-def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data; fails (never skips) when it is missing."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.fail(f"shared data missing: {p} (tests read ../shared/data beside the repository)")
-    return p
+from support.data import ROOT, shared_path, with_schema
 
 
 @pytest.fixture
@@ -65,12 +53,6 @@ def pg_server_url() -> str:
     return url.strip()
 
 
-def _with_schema(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "schema"] + [("schema", schema)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh event-log URL per test: a SQLite file in tmp_path, or a new schema on the test PostgreSQL
@@ -87,6 +69,6 @@ def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         psycopg.connect(server, connect_timeout=10).close()
     except psycopg.Error as e:
         pytest.fail(f"PostgreSQL is needed: cannot connect to {server} ({PG_URL_ENV}): {e}")
-    yield _with_schema(server, schema)
+    yield with_schema(server, schema)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

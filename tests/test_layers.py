@@ -11,7 +11,18 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fluidmargin"
 # (dashboard: static files the service serves; sim drives runners of the store: synthetic ingest, replays)
-RANK = {"core": 0, "model": 1, "risk": 2, "engine": 3, "dashboard": 3, "store": 4, "sim": 5, "service": 6, "cli": 7}
+RANK = {
+    "core": 0,
+    "model": 1,
+    "risk": 2,
+    "adapters": 3,
+    "engine": 3,
+    "dashboard": 3,
+    "store": 4,
+    "sim": 5,
+    "service": 6,
+    "cli": 7,
+}
 
 
 def _imports(path: Path) -> list[str]:

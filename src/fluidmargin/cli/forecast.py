@@ -1,12 +1,12 @@
 """`fluidmargin walk-forward DATA...`: HAR-RV forecasts of the next hours' variance, scored out of sample.
 
-Every file becomes an hourly variance series (:func:`fluidmargin.risk.forecast.rv_from_candles`). A file
+Every file becomes an hourly variance series (:func:`fluidmargin.risk.stats.forecast.rv_from_candles`). A file
 with candles of an hour or more is evaluated on its own, walk-forward from its start. A file with finer
 candles (a 1-minute window) is scored on its own hours, with the model trained on what came before: the
 first hourly file of the same asset among DATA, up to the window's start, then the window's own past.
 Where an hourly file has siblings (spot and USD-M perp candles, the funding-rate history), HAR-X adds
 funding-rate extremes, the perp-spot basis and volume bursts, and is scored beside HAR-RV.
-The work is :mod:`fluidmargin.risk.forecast`; this module loads, aligns and prints.
+The work is :mod:`fluidmargin.risk.stats.forecast`; this module loads, aligns and prints.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rich.table import Table
 
 from fluidmargin.cli.main import app
 from fluidmargin.core.errors import FluidMarginError, ValidationError
-from fluidmargin.risk import forecast as fc
+from fluidmargin.risk.stats import forecast as fc
 from fluidmargin.sim.candles import Candles, asset_from_path, load_candles, load_funding
 
 HOUR_MS = fc.HOUR_MS

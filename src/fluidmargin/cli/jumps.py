@@ -1,7 +1,7 @@
 """`fluidmargin fit-jumps DATA...`: Merton or Kou jump-diffusion parameters fitted to candle closes.
 
-Each file is fitted on its own by maximum likelihood (:func:`fluidmargin.risk.jumps.fit_merton`,
-:func:`~fluidmargin.risk.jumps.fit_kou`) over close-to-close log returns at the file's candle interval;
+Each file is fitted on its own by maximum likelihood (:func:`fluidmargin.risk.stats.jumps.fit_merton`,
+:func:`~fluidmargin.risk.stats.jumps.fit_kou`) over close-to-close log returns at the file's candle interval;
 a return across a gap in the data (a step other than the usual interval) is dropped and counted. The
 result is printed as a table, or with ``--json`` as one object keyed by file: ``params`` (the fit) and
 ``gap_risk``, a :class:`~fluidmargin.model.config.GapRiskSpec` ready for an engine config (``horizon_s``
@@ -71,7 +71,7 @@ def fit_file(
     path: Path, model: str, start_ms: int | None, limit: int | None, horizon_s: str, target: str, min_obs: int
 ) -> dict[str, Any]:
     """Fit one file; the result as JSON-ready values (decimal strings for every number)."""
-    from fluidmargin.risk import jumps
+    from fluidmargin.risk.stats import jumps
 
     c = load_candles(path)
     if start_ms is not None or limit is not None:

@@ -1,7 +1,7 @@
 """`fluidmargin portfolio-margin --derive-case FILE`: portfolio margin of a Derive-format case.
 
-The file is parsed by :mod:`fluidmargin.risk.derive_pm` and margined by
-:func:`fluidmargin.risk.portfolio.portfolio_margin` with the parameters the file carries; one JSON object
+The file is parsed by :mod:`fluidmargin.adapters.derive` and margined by
+:func:`fluidmargin.risk.options.portfolio.portfolio_margin` with the parameters the file carries; one JSON object
 is printed, every number a decimal string. Exit 0 on success, 2 on an unreadable or malformed file.
 """
 
@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
+from fluidmargin.adapters.derive import DeriveCaseError, parse_derive_case_text
 from fluidmargin.cli.main import app
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.risk.derive_pm import DeriveCaseError, parse_derive_case_text
-from fluidmargin.risk.portfolio import PortfolioMarginParams, PortfolioMarginResult, portfolio_margin
+from fluidmargin.risk.options.portfolio import PortfolioMarginParams, PortfolioMarginResult, portfolio_margin
 
 
 def _dec(x: float) -> str:

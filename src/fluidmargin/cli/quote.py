@@ -1,9 +1,9 @@
 """`fluidmargin quote`: one JSON position per line on stdin, one JSON answer per line on stdout.
 
-The maths is :func:`fluidmargin.risk.quote.quote`; a bad line gets ``{"error": reason}`` and the
+The maths is :func:`fluidmargin.adapters.quote.quote`; a bad line gets ``{"error": reason}`` and the
 stream goes on with the next line. Blank lines are skipped. A line with a ``gap_risk`` object (a
 jump-diffusion model, horizon and target) is also answered with ``bankruptcy_price``,
-``gap_probability`` and ``gap_addon`` (:mod:`fluidmargin.risk.gap`).
+``gap_probability`` and ``gap_addon`` (:mod:`fluidmargin.risk.stats.gap`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
+from fluidmargin.adapters.quote import quote_line
 from fluidmargin.cli.main import app
-from fluidmargin.risk.quote import quote_line
 
 
 @app.command("quote")

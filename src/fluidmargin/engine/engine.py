@@ -42,9 +42,11 @@ from fluidmargin.engine.state import AT_RISK, BANKRUPT, HEALTHY, LIQUIDATING, ST
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.instruments import CollateralAsset, PerpetualMarket
-from fluidmargin.risk import breaker, gap, kernels, margin
-from fluidmargin.risk import funding as fnd
-from fluidmargin.risk import oracle as orc
+from fluidmargin.risk.liquidation import breaker
+from fluidmargin.risk.perp import funding as fnd
+from fluidmargin.risk.perp import kernels, margin
+from fluidmargin.risk.perp import oracle as orc
+from fluidmargin.risk.stats import gap
 
 YEAR_NS = 365 * 24 * 3600 * NS_PER_S
 MANUAL_HALT = "operator:"
@@ -1893,7 +1895,7 @@ class Engine:
         ``breaches``; the other buckets are returned (with their exact risk in ``known``) for the
         per-bucket pass, which also takes everything not simple.
         """
-        from fluidmargin.risk import mass_close as mc
+        from fluidmargin.risk.liquidation import mass_close as mc
 
         ca = np.fromiter(itertools.chain.from_iterable(cands), dtype=np.int64, count=2 * len(cands)).reshape(-1, 2)
         rows = ca[ca[:, 1] < 0, 0]
@@ -1993,7 +1995,7 @@ class Engine:
     ) -> np.ndarray:
         """Run the close kernel over one market's simple breaches (cross or isolated); returns the
         positions in ``idx`` it settled."""
-        from fluidmargin.risk import mass_close as mc
+        from fluidmargin.risk.liquidation import mass_close as mc
 
         assert m.mark_q is not None
         res = np.zeros((len(idx), 11), dtype=np.int64)

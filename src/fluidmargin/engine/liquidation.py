@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from fluidmargin.core.units import PPM, Rounding, div_round
 from fluidmargin.model import events as ev
-from fluidmargin.risk import margin, partial
+from fluidmargin.risk.liquidation import partial
+from fluidmargin.risk.perp import margin
 
 if TYPE_CHECKING:
     from fluidmargin.engine.engine import Bucket, Engine
@@ -106,7 +107,7 @@ class PartialToTarget(CloseAtMark):
 
     The bucket must end with equity >= (1 + target) x maintenance, so that it does not flap straight
     back into liquidation. Positions are reduced largest maintenance first; each by the smallest size
-    that reaches the target (:func:`fluidmargin.risk.partial.close_size_to_target`), confirmed on the
+    that reaches the target (:func:`fluidmargin.risk.liquidation.partial.close_size_to_target`), confirmed on the
     engine's own exact figures (its rounding of the closed part's cash can cost a quantum more, in
     which case one more quantum is closed), or all of it when that cannot reach the target.
     """

@@ -10,7 +10,7 @@ State it owns (all exact, all in the state hash and snapshots):
 Money: a premium is exchanged exactly at the fill (a buyer pays ceil(size x price), a seller receives
 floor), settlement pays floor(size x intrinsic) to holders and charges ceil to writers; the clearing
 is the counterparty of both, so the ledgers stay conserved to the quantum. Valuation is the float
-model of :mod:`fluidmargin.risk.portfolio`; its figures enter the integer state rounded in the system's
+model of :mod:`fluidmargin.risk.options.portfolio`; its figures enter the integer state rounded in the system's
 favour: an option's mark value rounds down (longs worth less, shorts owe more), requirements round up.
 
 The margin of a portfolio account is :func:`risk.portfolio.portfolio_margin` per underlying (its perps
@@ -48,12 +48,12 @@ from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.units import MAX_QUANTUMS, NS_PER_S, PPM, PRICE_SCALE, QUOTE_SCALE, Rounding, parse_decimal
 from fluidmargin.model import events as ev
 from fluidmargin.model.instruments import OptionSpec
-from fluidmargin.risk import margin
-from fluidmargin.risk import oracle as orc
-from fluidmargin.risk import pm_batch as pmb
-from fluidmargin.risk import portfolio as pm
-from fluidmargin.risk.options import black76_greeks, black76_price, year_fraction
-from fluidmargin.risk.volsurface import DEFAULT_MAX_VOL, point_reason
+from fluidmargin.risk.options import pm_batch as pmb
+from fluidmargin.risk.options import portfolio as pm
+from fluidmargin.risk.options.black76 import black76_greeks, black76_price, year_fraction
+from fluidmargin.risk.options.volsurface import DEFAULT_MAX_VOL, point_reason
+from fluidmargin.risk.perp import margin
+from fluidmargin.risk.perp import oracle as orc
 
 if TYPE_CHECKING:
     from fluidmargin.engine.engine import Bucket, Engine

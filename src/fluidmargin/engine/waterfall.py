@@ -25,8 +25,9 @@ import numpy as np
 from fluidmargin.core.units import NS_PER_S, PPM, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, div_round
 from fluidmargin.engine.state import BANKRUPT, LIQUIDATING
 from fluidmargin.model import events as ev
-from fluidmargin.risk import adl, auction, impact, margin
-from fluidmargin.risk import oracle as orc
+from fluidmargin.risk.liquidation import adl, auction, impact
+from fluidmargin.risk.perp import margin
+from fluidmargin.risk.perp import oracle as orc
 
 if TYPE_CHECKING:
     from fluidmargin.engine.engine import Bucket, Engine, _Market

@@ -43,7 +43,7 @@ def check_ranges(obj: Any, where: str) -> None:
         check_range(where, name, value, lo, hi)
 
 
-# --- margin tier models (configuration only; the maths lives in fluidmargin.risk.margin) -------
+# --- margin tier models (configuration only; the maths lives in fluidmargin.risk.perp.margin) -------
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from fluidmargin.engine import waterfall as wfl
 from fluidmargin.engine.engine import Engine
 from fluidmargin.engine.state import STATUS_NAMES
 from fluidmargin.model import events as ev
-from fluidmargin.risk import margin
-from fluidmargin.risk import oracle as orc
+from fluidmargin.risk.perp import margin
+from fluidmargin.risk.perp import oracle as orc
 from fluidmargin.service.codec import RATE_DECIMALS, SHARE_DECIMALS, FieldError, Scales, to_quantums
 
 
@@ -73,7 +73,7 @@ def liquidation_price_q(eng: Engine, p: int, cross_eq: int, cross_mm: int) -> in
 
 def gap_risk_view(eng: Engine, p: int, cross_eq: int, pr: margin.PositionRisk | None = None) -> dict[str, Any] | None:
     """P(the mark touches position ``p``'s bankruptcy price within the liquidation horizon) and the add-on
-    that keeps it under the target (:mod:`fluidmargin.risk.gap`); None where no gap model is configured
+    that keeps it under the target (:mod:`fluidmargin.risk.stats.gap`); None where no gap model is configured
     for the market or the position has no single-position bankruptcy price."""
     cfg = eng.cfg.gap_risk
     if cfg is None:
@@ -83,7 +83,7 @@ def gap_risk_view(eng: Engine, p: int, cross_eq: int, pr: margin.PositionRisk | 
     fixed = _fixed_equity(eng, p, cross_eq, pr) if spec is not None else None
     if spec is None or fixed is None or m.mark_q is None:
         return None
-    from fluidmargin.risk import gap
+    from fluidmargin.risk.stats import gap
 
     g = gap.position_gap_risk(spec, int(eng.pos_size[p]), m.spec.size_decimals, m.mark_q, fixed)
     return {
@@ -234,7 +234,7 @@ def _precheck(eng: Engine, r: int, e: ev.TradeFilled) -> tuple[str, int, bool, b
     if increases:
         if m.spec.symbol in eng.halted:
             return f"market {m.spec.symbol} is halted ({eng.halted[m.spec.symbol]}): no new risk", p, iso, increases
-        from fluidmargin.risk.oracle import Action
+        from fluidmargin.risk.perp.oracle import Action
 
         blocked = eng._oracle_blocked([m.spec.base_asset], Action.OPEN) or ("" if iso else eng._valuation_blocked(r))
         if blocked:
@@ -456,7 +456,7 @@ def _dec(x: float, places: int = 8) -> str:
 
 
 def option_markets_view(eng: Engine) -> list[dict[str, Any]]:
-    from fluidmargin.risk.options import black76_greeks, year_fraction
+    from fluidmargin.risk.options.black76 import black76_greeks, year_fraction
 
     out = []
     for s in eng.opt.series:

@@ -2,13 +2,13 @@
 
 Per market, on every closed candle:
 
-1. the online volatility model (:mod:`fluidmargin.risk.vol`): EWMA of close-to-close log returns (gaps
+1. the online volatility model (:mod:`fluidmargin.risk.stats.vol`): EWMA of close-to-close log returns (gaps
    spread over the missing steps), or GARCH(1,1) fitted with ``arch`` on the first ``garch_fit_candles``
    returns of the replay (the past only) and filtered from then on (EWMA until then, and if the fit fails);
-2. the proactive buffer (:mod:`fluidmargin.risk.forecast`): candles are aggregated to hours, each hour's
+2. the proactive buffer (:mod:`fluidmargin.risk.stats.forecast`): candles are aggregated to hours, each hour's
    Garman-Klass variance feeds HAR-RV with coefficients fitted off-line (:data:`HAR_COEF`), and the
    forecast of the next hours' variance raises σ̂ when it is higher (it never lowers it);
-3. the policy (:mod:`fluidmargin.risk.dynamic`): z · σ · √h, the anti-procyclicality rule, the floor and
+3. the policy (:mod:`fluidmargin.risk.perp.dynamic`): z · σ · √h, the anti-procyclicality rule, the floor and
    cap, and the hourly change limit. A change becomes two parameter changes, the market's one bracket
    rate and its initial floor (:data:`~fluidmargin.sim.evaluate.MAINTENANCE_PARAMETER`,
    :data:`~fluidmargin.sim.evaluate.INITIAL_PARAMETER`; initial first when rising, so initial stays above
@@ -30,9 +30,10 @@ import numpy as np
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.units import PPM
 from fluidmargin.model.config import EngineConfig
-from fluidmargin.risk import dynamic as pol
-from fluidmargin.risk import forecast as fc
-from fluidmargin.risk import presets, vol
+from fluidmargin.risk.perp import dynamic as pol
+from fluidmargin.risk.perp import presets
+from fluidmargin.risk.stats import forecast as fc
+from fluidmargin.risk.stats import vol
 from fluidmargin.sim.evaluate import INITIAL_PARAMETER, MAINTENANCE_PARAMETER, ClosedCandle, ParameterChange
 
 __all__ = ["HAR_COEF", "TUNED_ON", "DynamicMarginModel", "DynamicParams"]

@@ -32,7 +32,7 @@ from fluidmargin.core.units import PPM, QUOTE_DECIMALS, Rounding, div_round, for
 from fluidmargin.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
-from fluidmargin.risk import presets
+from fluidmargin.risk.perp import presets
 from fluidmargin.sim import report
 from fluidmargin.sim.candles import Candles, asset_from_path, load_candles
 from fluidmargin.sim.scenarios import LIQUIDATIONS, NS_PER_MS, PATHS, PopulationSpec, Scenario, replay_policies

@@ -1,7 +1,7 @@
 """Seeded account populations, built as one :class:`~fluidmargin.model.events.AccountsSeeded` event.
 
 Every account holds 1-3 positions in distinct markets, opened at the current mark. Deposits cover
-each position's initial margin at its leverage (mirroring :func:`fluidmargin.risk.margin.initial_ratio`
+each position's initial margin at its leverage (mirroring :func:`fluidmargin.risk.perp.margin.initial_ratio`
 in floats: brackets, leverage caps, Drift's size premium, dYdX's open-interest scaling) with a safety
 margin of 1 % + 4 quantums, plus a random cushion, so the engine's exact check passes.
 """

@@ -26,7 +26,7 @@ from fluidmargin.engine.state import AT_RISK, BANKRUPT
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.instruments import LiquidationPolicy
-from fluidmargin.risk import margin
+from fluidmargin.risk.perp import margin
 from fluidmargin.sim.candles import Candles
 
 SERIES = (

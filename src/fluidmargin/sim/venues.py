@@ -15,7 +15,7 @@ from fluidmargin.model.instruments import (
     PerpetualMarket,
     YieldSpec,
 )
-from fluidmargin.risk import presets
+from fluidmargin.risk.perp import presets
 
 USD = CollateralAsset("USD", 6, 1_000_000, kind="quote")
 

@@ -1,0 +1,1 @@
+"""External formats: Derive portfolio-margin cases, the quote CLI's JSON lines."""

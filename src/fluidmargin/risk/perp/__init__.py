@@ -1,0 +1,1 @@
+"""Linear perpetuals: tier margin, dynamic rates, funding, oracle aggregation, liquidation prices, the health screen."""

@@ -1,0 +1,1 @@
+"""Statistics of prices: volatility estimators, HAR-RV forecasts, jump-diffusion fits, gap risk."""

@@ -1,0 +1,1 @@
+"""Shared test support: data paths, the Desk driver, hypothesis strategies."""
