@@ -141,12 +141,12 @@ def check_screen(eng: Engine, fresh: Freshness, e: ev.Event) -> None:
             assert abs(hf - h) <= bound, f"isolated position {b.pos}: float {hf} vs exact {h}, bound {bound}"
         # (c) screening never misses: no bucket is left in breach while the oracle allows liquidating,
         #     and every status matches its exact class (with the band: enter below `enter`, leave at `leave`)
-        blocked = eng._oracle_blocked(eng._bucket_assets(b), orc.Action.LIQUIDATE)
+        blocked = eng.oracle_blocked(eng.bucket_assets(b), orc.Action.LIQUIDATE)
         # a capped partial liquidation leaves the bucket `liquidating` until later events finish it
         caps = eng.cfg.liquidation_max_notional_quote_q or eng.cfg.liquidation_max_account_notional_quote_q
-        capped = caps > 0 and eng._status_of(b) == LIQUIDATING
+        capped = caps > 0 and eng.status_of(b) == LIQUIDATING
         assert not (h < 0 and not blocked and not capped), f"missed breach: {b} health {h} after {e!r}"
-        status = eng._status_of(b)
+        status = eng.status_of(b)
         if status == BANKRUPT or h < 0:
             continue
         if h * PPM < enter * risk.mm_quote_q:
@@ -343,7 +343,7 @@ def test_an_accepted_opening_fill_leaves_its_buckets_at_initial_margin(scn: Scen
         if r is None or m is None:
             eng.apply(e)
             continue
-        p0 = eng._find_pos(r, m.i)
+        p0 = eng.find_pos(r, m.i)
         old = int(eng.pos_size[p0]) if p0 >= 0 else 0
         cross_met_im = eng.cross_risk(r).equity_quote_q >= eng.cross_initial(r)
         recs = eng.apply(e)
@@ -352,7 +352,7 @@ def test_an_accepted_opening_fill_leaves_its_buckets_at_initial_margin(scn: Scen
         new = old + e.size_delta_base_q
         if not (abs(new) > abs(old) or (old and new and (old > 0) != (new > 0))):
             continue
-        p = eng._find_pos(r, m.i)
+        p = eng.find_pos(r, m.i)
         if eng.pos_iso[p]:
             assert eng.iso_risk(p).equity_quote_q >= eng.position_initial(p), e
             if cross_met_im:
@@ -418,10 +418,10 @@ def test_liquidations_end_at_maintenance_or_in_bankruptcy(scn: Scenario) -> None
         if any(isinstance(o, ev.PositionLiquidated) for o in outs):
             for b in open_buckets(eng):
                 caps = eng.cfg.liquidation_max_notional_quote_q or eng.cfg.liquidation_max_account_notional_quote_q
-                capped = caps > 0 and eng._status_of(b) == LIQUIDATING
-                if eng._status_of(b) != BANKRUPT and not capped:
-                    assert eng.bucket_risk(b).health_quote_q >= 0 or eng._oracle_blocked(
-                        eng._bucket_assets(b), orc.Action.LIQUIDATE
+                capped = caps > 0 and eng.status_of(b) == LIQUIDATING
+                if eng.status_of(b) != BANKRUPT and not capped:
+                    assert eng.bucket_risk(b).health_quote_q >= 0 or eng.oracle_blocked(
+                        eng.bucket_assets(b), orc.Action.LIQUIDATE
                     ), f"{b} left below maintenance after a liquidation in {e!r}"
     event(f"liquidated {any(v == 'bankrupt' for v in last.values())}")
 

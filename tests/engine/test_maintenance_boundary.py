@@ -153,7 +153,7 @@ class Venue:
         assert r is not None
         if not isolated:
             return int(self.eng.status[r])
-        return int(self.eng.pos_status[self.eng._find_pos(r, 0)])
+        return int(self.eng.pos_status[self.eng.find_pos(r, 0)])
 
     def balance(self, account_id: int) -> int:
         r = self.eng.row(account_id)
@@ -224,8 +224,8 @@ def test_partial_close_to_a_target_on_the_boundary(path: str) -> None:
         a = 200 if iso else 100
         r = v.eng.row(a)
         assert r is not None
-        p = v.eng._find_pos(r, 0)
-        risk = v.eng.bucket_risk(v.eng._bucket_of(p))
+        p = v.eng.find_pos(r, 0)
+        risk = v.eng.bucket_risk(v.eng.bucket_of(p))
         # exactly on the target, which is also the at-risk buffer: 117,600,000 vs 98,000,000
         assert (risk.equity_quote_q, risk.mm_quote_q) == (117_600_000, 98_000_000), iso
         assert risk.equity_quote_q * PPM == (PPM + v.eng.cfg.liquidation_target_ppm) * risk.mm_quote_q
@@ -243,7 +243,7 @@ def test_partial_close_back_to_exactly_maintenance(path: str) -> None:
     for a in (100, 200):
         r = v.eng.row(a)
         assert r is not None
-        risk = v.eng.bucket_risk(v.eng._bucket_of(v.eng._find_pos(r, 0)))
+        risk = v.eng.bucket_risk(v.eng.bucket_of(v.eng.find_pos(r, 0)))
         assert (risk.equity_quote_q, risk.mm_quote_q) == (98_000_000, 98_000_000)
 
 

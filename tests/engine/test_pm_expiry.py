@@ -605,10 +605,10 @@ def test_the_batch_agrees_with_the_reference_at_and_near_expiry(pf: Any, params:
 
 
 def test_engine_margins_in_the_last_second_are_the_expiry_margins_then_settlement_pays_intrinsic() -> None:
-    from support.desk import NS, of_type
     from test_options_engine import ALICE, BOB, C50, EXP, figures, make_desk, opt, pair
 
     from fluidmargin.model import events as ev
+    from support.desk import NS, of_type
 
     d = make_desk(alice_usd=100_000)
     pair(d, ALICE, BOB, C50, opt(1), 100 * 10**8)  # alice long 1 BTC call 50,000, bob short

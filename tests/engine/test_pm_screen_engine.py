@@ -177,8 +177,8 @@ def check_statuses(eng: Engine) -> None:
         if st == HEALTHY:
             # what a full revaluation now would keep HEALTHY: outside the at-risk band
             assert h * PPM >= buffer_ppm * f.mm_quote_q, f"account {aid} HEALTHY at health {h}, mm {f.mm_quote_q}"
-        if h < 0 and (eng.opt.has_positions(r) or eng._has_cross_perps(r)):
-            may_liquidate = not eng._oracle_blocked(eng._cross_assets(r), orc.Action.LIQUIDATE)
+        if h < 0 and (eng.opt.has_positions(r) or eng.has_cross_perps(r)):
+            may_liquidate = not eng.oracle_blocked(eng.cross_assets(r), orc.Action.LIQUIDATE)
             assert st != HEALTHY and not (st == AT_RISK and may_liquidate), f"account {aid} breached, not liquidated"
 
 
@@ -371,12 +371,12 @@ def test_a_change_other_than_spot_or_time_revalues_the_account() -> None:
     r = row(d.on, BOB + 1)
     for _ in range(2):
         d.price("BTC", d.spot["BTC"] * 1.0001)
-    key = d.on.opt._screens[r].key
+    key = d.on.opt.pm_screen.screens[r].key
     rebuilt = stats["rebuilt"]
     # a deposit moves exact collateral only (read exactly on every tick): the screen stays
     d.apply(ev.Deposited(d.step(10**6), BOB + 1, "USD", usd(1)))
     d.price("BTC", d.spot["BTC"] * 1.0001)
-    assert stats["rebuilt"] == rebuilt and d.on.opt._screens[r].key == key
+    assert stats["rebuilt"] == rebuilt and d.on.opt.pm_screen.screens[r].key == key
     # Expectations: a fill, then a vol, each change the key: the next tick revalues and rebuilds the
     # account, and BOB (the fill's counterparty, short the same call)
     for change in (
@@ -387,8 +387,8 @@ def test_a_change_other_than_spot_or_time_revalues_the_account() -> None:
         before = dict(stats)
         d.price("BTC", d.spot["BTC"] * 1.0001)
         assert stats["rebuilt"] - before["rebuilt"] == 2 and stats["screened"] == before["screened"]
-        assert d.on.opt._screens[r].key != key
-        key = d.on.opt._screens[r].key
+        assert d.on.opt.pm_screen.screens[r].key != key
+        key = d.on.opt.pm_screen.screens[r].key
     assert d.on.state_hash() == d.off.state_hash()
 
 

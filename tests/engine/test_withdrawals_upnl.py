@@ -207,12 +207,12 @@ def test_funding_owed_counts_in_full_so_settling_it_changes_nothing() -> None:
     d.clock(24 * 3600 * NS)
     quote(d, "BTC", "52000")
     p = d.pos(ALICE, BTC)
-    owed = d.eng._funding_owed(p)
+    owed = d.eng.funding_owed(p)
     assert owed > 0
     # 1,500 - owed + 50 % x 2,000 - 52,000 / 50 = 1,460 - owed
     assert withdrawable(d) == usd(1_460) - owed
     d.settle(ALICE)
-    assert d.eng._funding_owed(p) == 0 and int(d.eng.bal[d.row(ALICE), 0]) == usd(1_500) - owed
+    assert d.eng.funding_owed(p) == 0 and int(d.eng.bal[d.row(ALICE), 0]) == usd(1_500) - owed
     assert withdrawable(d) == usd(1_460) - owed
 
 

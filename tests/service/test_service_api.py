@@ -48,7 +48,7 @@ def _engine_figures(a: int) -> Any:
                     m.spec.margin,
                     int(eng.pos_size[p]),
                     int(eng.pos_cost[p]),
-                    eng._funding_owed(p),
+                    eng.funding_owed(p),
                     price_q,
                     m.spec.size_decimals,
                 )

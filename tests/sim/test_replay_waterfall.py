@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fluidmargin.cli.replay import replay_venue
 from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS
 from fluidmargin.engine import Engine
 from fluidmargin.model import events as ev
@@ -29,7 +28,7 @@ from fluidmargin.model.config import EngineConfig
 from fluidmargin.sim import report
 from fluidmargin.sim.candles import Candles, load_candles
 from fluidmargin.sim.scenarios import PopulationSpec, Scenario
-from fluidmargin.sim.venues import perp_venue, waterfall_venue
+from fluidmargin.sim.venues import perp_venue, replay_venue, waterfall_venue
 from support.data import shared_path
 
 CRASH = "binance_spot_1m_2021-04-20_to_2021-05-20_crash_2021-05-19"

@@ -168,7 +168,7 @@ class Desk:
         return r
 
     def pos(self, account_id: int, market: str) -> int:
-        p = self.eng._find_pos(self.row(account_id), self.eng.market_idx[market].i)
+        p = self.eng.find_pos(self.row(account_id), self.eng.market_idx[market].i)
         assert p >= 0
         return p
 

@@ -446,14 +446,14 @@ class _Builder:
         if any(int(eng.status[r]) in (LIQUIDATING, BANKRUPT) for r in (ra, rb)):
             return
         price = max(1, m.mark_q * (10**6 + s.price_off_ppm) // 10**6)
-        pa = eng._find_pos(ra, m.i)
+        pa = eng.find_pos(ra, m.i)
         held = int(eng.pos_size[pa]) if pa >= 0 else 0
         if s.reduce and held:
             size_a = -(held * s.frac_ppm // 10**6) or -held
         else:
             caps = []
             for r, lev, iso in ((ra, s.lev_a, s.iso_a), (rb, s.lev_b, s.iso_b)):
-                p = eng._find_pos(r, m.i)
+                p = eng.find_pos(r, m.i)
                 if p >= 0 and eng.pos_size[p]:
                     iso = bool(eng.pos_iso[p])
                 if iso:
@@ -466,7 +466,7 @@ class _Builder:
             size_a = max(size_a, 1) * (1 if s.buy else -1)
         legs = []
         for who, r, size, lev, iso in ((a, ra, size_a, s.lev_a, s.iso_a), (b, rb, -size_a, s.lev_b, s.iso_b)):
-            p = eng._find_pos(r, m.i)
+            p = eng.find_pos(r, m.i)
             cur = int(eng.pos_size[p]) if p >= 0 else 0
             if cur != 0:
                 iso = bool(eng.pos_iso[p])  # keep the mode of an open position
@@ -509,7 +509,7 @@ class _Builder:
         if len(done) == 1:
             who, size = done[0]
             r = eng.row(who)
-            p = eng._find_pos(r, m.i)
+            p = eng.find_pos(r, m.i)
             mode = "isolated" if p >= 0 and eng.pos_iso[p] else "cross"
             out = self.emit(
                 ev.TradeFilled(

@@ -24,13 +24,15 @@ from fluidmargin.core.units import format_decimal as fmt
 from fluidmargin.dashboard import STATIC_DIR
 from fluidmargin.engine.engine import Engine
 from fluidmargin.engine.state import STATUS_NAMES
+from fluidmargin.risk.perp.kernels import ACCT_HEALTH, ACCT_MM
 from fluidmargin.service import views
 from fluidmargin.service.auth import Principal, require
 from fluidmargin.service.deps import Svc, errors
+from fluidmargin.service.roles import OWNERS, SEE_ALL
 from fluidmargin.service.schemas import DecOut
 
 router = APIRouter(tags=["dashboard"])
-READERS = require("admin", "venue", "account")
+READERS = require(*OWNERS)
 
 # left edges of the health bins (equity / maintenance margin); below the first: negative equity
 HEALTH_EDGES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -120,9 +122,9 @@ def _health(
     worst_i = np.full(n_worst, -1, np.int64)
     for r in range(n):
         statuses[status[r]] += 1
-        mm = acct_f[r, 1]
+        mm = acct_f[r, ACCT_MM]
         if mm > 0.0:
-            ratio = (acct_f[r, 0] + mm) / mm  # column 0 is health: equity - maintenance
+            ratio = (acct_f[r, ACCT_HEALTH] + mm) / mm  # health is equity - maintenance
             b = 0
             for j in range(ne):  # branch-free: the bin is how many edges are <= ratio (NaN: the first)
                 b += ratio >= edges[j]
@@ -232,7 +234,7 @@ async def dashboard_summary(svc: Svc, p: Annotated[Principal, READERS]) -> dict[
     else:
         body = await svc.worker.read(summary)
         _cache[svc.worker] = (now, body)
-    if p.role in ("admin", "venue"):
+    if p.role in SEE_ALL:
         return body
     # an account key sees the venue's aggregates, but among the worst accounts only its own
     return {**body, "worst": [w for w in body["worst"] if p.may_touch(w["account_id"])]}

@@ -14,9 +14,12 @@ from fluidmargin.core.units import format_decimal as fmt
 from fluidmargin.engine import waterfall as wfl
 from fluidmargin.engine.engine import Engine
 from fluidmargin.engine.state import STATUS_NAMES
+from fluidmargin.engine.types import MODE_NAMES, PORTFOLIO
 from fluidmargin.model import events as ev
+from fluidmargin.risk.options.black76 import black76_greeks, year_fraction
 from fluidmargin.risk.perp import margin
 from fluidmargin.risk.perp import oracle as orc
+from fluidmargin.risk.stats import gap
 from fluidmargin.service.codec import RATE_DECIMALS, SHARE_DECIMALS, FieldError, Scales, to_quantums
 
 
@@ -49,10 +52,11 @@ def _fixed_equity(eng: Engine, p: int, cross_eq: int, pr: margin.PositionRisk | 
     cost and funding owed. A portfolio account's perpetual has none (options move with it).
     """
     m = eng.markets[int(eng.pos_mkt[p])]
-    if m.mark_q is None or eng.pos_size[p] == 0 or (eng.acct_mode[int(eng.pos_acct[p])] == 2 and not eng.pos_iso[p]):
+    portfolio_perp = eng.acct_mode[int(eng.pos_acct[p])] == PORTFOLIO and not eng.pos_iso[p]
+    if m.mark_q is None or eng.pos_size[p] == 0 or portfolio_perp:
         return None
     if eng.pos_iso[p]:
-        return int(eng.pos_iso_margin[p]) - int(eng.pos_cost[p]) - eng._funding_owed(p)
+        return int(eng.pos_iso_margin[p]) - int(eng.pos_cost[p]) - eng.funding_owed(p)
     return cross_eq - (eng.position_risk(p) if pr is None else pr).value_quote_q
 
 
@@ -83,8 +87,6 @@ def gap_risk_view(eng: Engine, p: int, cross_eq: int, pr: margin.PositionRisk | 
     fixed = _fixed_equity(eng, p, cross_eq, pr) if spec is not None else None
     if spec is None or fixed is None or m.mark_q is None:
         return None
-    from fluidmargin.risk.stats import gap
-
     g = gap.position_gap_risk(spec, int(eng.pos_size[p]), m.spec.size_decimals, m.mark_q, fixed)
     return {
         "model": spec.model,
@@ -119,7 +121,7 @@ def position_view(eng: Engine, r: int, p: int, cross_eq: int, cross_mm: int, adl
         "notional": q(pr.notional_quote_q),
         "value": q(pr.value_quote_q),
         "unrealized_pnl": q(pr.upnl_quote_q),
-        "funding_owed": q(eng._funding_owed(p)),
+        "funding_owed": q(eng.funding_owed(p)),
         "maintenance_margin": q(pr.mm_quote_q),
         "initial_margin": q(eng.position_initial(p)),
         "health": q(eng.iso_risk(p).health_quote_q) if iso else None,
@@ -167,8 +169,6 @@ def account_view(eng: Engine, account_id: int, adl: bool = True) -> dict[str, An
             "pending_shares": fmt(pending[0], SHARE_DECIMALS) if pending else None,
             "claimable_at_ns": pending[1] if pending else None,
         }
-    from fluidmargin.engine.options import MODE_NAMES, PORTFOLIO
-
     pm_mode = int(eng.acct_mode[r]) == PORTFOLIO
     return {
         "account_id": account_id,
@@ -207,77 +207,19 @@ def fill_event(eng: Engine, account_id: int, body: Any, ts: int) -> ev.TradeFill
     )
 
 
-def _precheck(eng: Engine, r: int, e: ev.TradeFilled) -> tuple[str, int, bool, bool]:
-    """The checks ``Engine._on_TradeFilled`` makes before its dry run: (reason, position, iso, increases)."""
-    from fluidmargin.engine.state import BANKRUPT, LIQUIDATING
-
-    m = eng.market_idx[e.market]
-    if eng.is_vault(e.account_id):
-        return "the backstop vault trades only by taking over liquidations", -1, False, False
-    lim = m.spec.margin.brackets[0].max_leverage
-    if not 1 <= e.leverage <= lim:
-        return f"leverage must be in [1, {lim}]", -1, False, False
-    if m.mark_q is None:
-        return f"market {e.market} has no valid mark price yet", -1, False, False
-    if eng.status[r] in (LIQUIDATING, BANKRUPT):
-        return f"account is {STATUS_NAMES[int(eng.status[r])]}", -1, False, False
-    mode_why = eng._mode_refuses(r, e.margin_mode)
-    if mode_why:
-        return mode_why, -1, False, False
-    iso = e.margin_mode == "isolated"
-    p = eng._find_pos(r, m.i)
-    old = int(eng.pos_size[p]) if p >= 0 else 0
-    if p >= 0 and old != 0 and bool(eng.pos_iso[p]) != iso:
-        return "position is held in the other margin mode; close it first", p, iso, False
-    new = old + e.size_delta_base_q
-    increases = abs(new) > abs(old) or (old != 0 and (new > 0) != (old > 0) and new != 0)
-    if increases:
-        if m.spec.symbol in eng.halted:
-            return f"market {m.spec.symbol} is halted ({eng.halted[m.spec.symbol]}): no new risk", p, iso, increases
-        from fluidmargin.risk.perp.oracle import Action
-
-        blocked = eng._oracle_blocked([m.spec.base_asset], Action.OPEN) or ("" if iso else eng._valuation_blocked(r))
-        if blocked:
-            return blocked, p, iso, increases
-    if e.isolated_margin_quote_q and not iso:
-        return "isolated margin given for a cross fill", p, iso, increases
-    if e.isolated_margin_quote_q > int(eng.bal[r, eng.quote_c]):
-        return "insufficient quote balance for the isolated margin", p, iso, increases
-    return "", p, iso, increases
-
-
 def what_if(eng: Engine, account_id: int, body: Any) -> dict[str, Any]:
     """The account before and after a hypothetical fill, on the live engine, restored after.
 
-    The engine's own dry run: the account is saved, the fill applied with the engine's pre-trade
-    check (``_fill``), the figures read, and the account restored; nothing is logged. Funding is
-    as accrued at the market's last pass (the real fill would first accrue it to its own time).
+    The engine's own dry run (:meth:`Engine.what_if`): its pre-trade check, then the fill applied inside
+    a savepoint, the figures read, and everything rolled back; nothing is logged. Funding is as accrued
+    at the market's last pass (the real fill would first accrue it to its own time).
     """
     r = row_of(eng, account_id)
     e = fill_event(eng, account_id, body, eng.now_ns)
     before = account_risk(eng, r, adl=False)
-    if e.market in eng.opt.idx:
-        # the engine's own option fill (pre-trade check with the portfolio model), then restored
-        saved = eng._save_account(r)
-        try:
-            reason = eng.opt.fill(r, eng.opt.idx[e.market], e, [])
-            after = account_risk(eng, r, adl=False) if not reason else None
-        finally:
-            eng._restore_account(r, saved)
-        return {"accepted": not reason, "reason": reason or None, "before": before, "after": after}
-    reason, p, iso, increases = _precheck(eng, r, e)
-    if reason:
-        return {"accepted": False, "reason": reason, "before": before, "after": None}
-    m = eng.market_idx[e.market]
-    saved = eng._save_account(r)
-    after = None
-    try:
-        reason = eng._fill(r, p, m, e, iso, increases, [])
-        if not reason or reason.startswith("pre-trade check"):
-            after = account_risk(eng, r, adl=False)
-    finally:
-        eng._restore_account(r, saved)
-    return {"accepted": not reason, "reason": reason or None, "before": before, "after": after}
+    with eng.what_if(r, e) as w:
+        after = account_risk(eng, r, adl=False) if w.applied else None
+    return {"accepted": not w.reason, "reason": w.reason or None, "before": before, "after": after}
 
 
 # --- markets, oracle, waterfall -------------------------------------------------------------------------
@@ -297,7 +239,7 @@ def markets_view(eng: Engine) -> list[dict[str, Any]]:
                 "last_trade_price": px(m.last_trade_q),
                 "funding_rate": fmt(m.rate_e9, RATE_DECIMALS),
                 "funding_interval_s": s.funding.interval_s,
-                "funding_index": fmt(eng._fidx_now(m), FUNDING_DECIMALS),
+                "funding_index": fmt(eng.fidx_now(m), FUNDING_DECIMALS),
                 "open_interest": fmt(m.long_oi_base_q, s.size_decimals),
                 "halted": s.symbol in eng.halted,
                 "halt_reason": eng.halted.get(s.symbol),
@@ -456,8 +398,6 @@ def _dec(x: float, places: int = 8) -> str:
 
 
 def option_markets_view(eng: Engine) -> list[dict[str, Any]]:
-    from fluidmargin.risk.options.black76 import black76_greeks, year_fraction
-
     out = []
     for s in eng.opt.series:
         spec = s.spec
@@ -520,8 +460,6 @@ def vol_surface_view(eng: Engine, underlying: str) -> dict[str, Any]:
 
 def portfolio_view(eng: Engine, account_id: int) -> dict[str, Any]:
     """Scenario matrix (which scenario is worst, by how much) and Greeks per position and in total."""
-    from fluidmargin.engine.options import MODE_NAMES, PORTFOLIO
-
     r = row_of(eng, account_id)
     f = eng.opt.figures(r)
     positions = []

@@ -24,6 +24,24 @@ from fluidmargin.risk.liquidation.exact128 import ge_products, muldiv
 
 PPM = 1_000_000
 ACCEPTED, FALLBACK = 0, 1
+# columns of :func:`mass_close`'s result rows
+(
+    CLOSE_STATUS,
+    CLOSE_Q,
+    CLOSE_OWED,
+    CLOSE_REALIZED,
+    CLOSE_COST,
+    CLOSE_SIZE,
+    CLOSE_FEE,
+    CLOSE_EQUITY,
+    CLOSE_MM,
+    CLOSE_CASH,
+    CLOSE_BAL,
+) = range(11)
+CLOSE_WIDTH = 11
+# columns of :func:`exact_risk`'s result rows
+RISK_OK, RISK_EQUITY, RISK_MM = range(3)
+RISK_WIDTH = 3
 
 
 @njit(cache=True)
@@ -114,12 +132,12 @@ def mass_close(
     target_ppm: Any,
     out: np.ndarray,
 ) -> None:
-    """Size and close every bucket; ``out[i]`` = (status, q, owed, realized, cost2, size2, fee, eq, mm,
-    close cash, balance after)."""
+    """Size and close every bucket; ``out[i]``: the ``CLOSE_*`` columns (status, q, owed, realized, cost2,
+    size2, fee, eq, mm, close cash, balance after)."""
     for i in range(len(size)):
         s = size[i]
         a = s if s > 0 else -s
-        out[i, 0] = FALLBACK
+        out[i, CLOSE_STATUS] = FALLBACK
         owed, ok = muldiv(s, dfidx[i], fdiv, True)
         if not ok:
             continue
@@ -173,17 +191,17 @@ def mass_close(
         )
         if not ok or (size2 != 0 and (eq <= 0 or eq < mm)):
             continue  # left below maintenance: the Python path handles it
-        out[i, 0] = ACCEPTED
-        out[i, 1] = q
-        out[i, 2] = owed
-        out[i, 3] = realized
-        out[i, 4] = cost2
-        out[i, 5] = size2
-        out[i, 6] = fee
-        out[i, 7] = eq
-        out[i, 8] = mm
-        out[i, 9] = cash
-        out[i, 10] = bal_after
+        out[i, CLOSE_STATUS] = ACCEPTED
+        out[i, CLOSE_Q] = q
+        out[i, CLOSE_OWED] = owed
+        out[i, CLOSE_REALIZED] = realized
+        out[i, CLOSE_COST] = cost2
+        out[i, CLOSE_SIZE] = size2
+        out[i, CLOSE_FEE] = fee
+        out[i, CLOSE_EQUITY] = eq
+        out[i, CLOSE_MM] = mm
+        out[i, CLOSE_CASH] = cash
+        out[i, CLOSE_BAL] = bal_after
 
 
 @njit(cache=True)
@@ -215,6 +233,6 @@ def exact_risk(
         if s != 0:
             n, o3 = muldiv(s if s > 0 else -s, mark, pshift, True)
             mm, o4 = _mm(n, floors, rates, cums)
-        out[i, 0] = 1 if (o1 and o2 and o3 and o4) else 0
-        out[i, 1] = bal[i] + value - cost[i] - owed
-        out[i, 2] = mm
+        out[i, RISK_OK] = 1 if (o1 and o2 and o3 and o4) else 0
+        out[i, RISK_EQUITY] = bal[i] + value - cost[i] - owed
+        out[i, RISK_MM] = mm

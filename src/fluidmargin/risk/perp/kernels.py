@@ -28,6 +28,15 @@ U = 2.0**-53
 REL = 64.0 * U
 SLACK_Q = 8.0
 
+# columns of the per-account float shadow ``acct_f`` (one cache line per account; the last two spare):
+# health, maintenance, error bound, status mirror, budgets its positions hold, cross positions
+ACCT_HEALTH, ACCT_MM, ACCT_ERR, ACCT_STATUS, ACCT_BUDGET_OTHERS, ACCT_NPOS = range(6)
+ACCT_WIDTH = 8
+# columns of ``pos_band``: the mark and funding-index band inside which a position's move is within budget
+BAND_MARK_LO, BAND_MARK_HI, BAND_FIDX_LO, BAND_FIDX_HI = range(4)
+BAND_WIDTH = 4
+EMPTY_BAND = (1.0, 0.0, 0.0, 0.0)  # lo > hi: no mark is inside, so the kernel applies the position next time
+
 
 def contribution_py(
     size: int,
@@ -120,7 +129,7 @@ def _remargin_body(
 ):
     """Update every position of one market (``idx``) at a new mark / funding index, in parallel.
 
-    ``acct_f[a] = h, mm, err, status, outstanding, npos, -, -`` (one cache line). A cross position
+    ``acct_f[a]``: the ``ACCT_*`` columns (one cache line). A cross position
     moves its account's float health by (new - applied) contribution; an isolated one is its own
     bucket. Positions of one market belong to distinct accounts, so iterations never write the same
     row. ``flag[t] = 1`` where the bucket's status may change (see :func:`may_change_py`).
@@ -140,7 +149,8 @@ def _remargin_body(
         p = idx[t]
         flag[t] = 0
         # inside its band (mark and funding index) the position's move is within its budget
-        if pos_band[p, 0] <= mark_f <= pos_band[p, 1] and pos_band[p, 2] <= fidx_f <= pos_band[p, 3]:
+        in_mark = pos_band[p, BAND_MARK_LO] <= mark_f <= pos_band[p, BAND_MARK_HI]
+        if in_mark and pos_band[p, BAND_FIDX_LO] <= fidx_f <= pos_band[p, BAND_FIDX_HI]:
             continue
         size = pos_size[p]
         if size == 0:
@@ -182,21 +192,21 @@ def _remargin_body(
             npos = 1.0
         else:
             a = pos_acct[p]
-            h = acct_f[a, 0] + (c - pos_c[p])
-            m = acct_f[a, 1] + (mm - pos_mm[p])
-            eb = acct_f[a, 2] + (e - pos_e[p]) + 2.0 * U * (abs(h) + abs(m)) + REL * (abs(c) + abs(pos_c[p]))
-            acct_f[a, 0] = h
-            acct_f[a, 1] = m
-            acct_f[a, 2] = eb
+            h = acct_f[a, ACCT_HEALTH] + (c - pos_c[p])
+            m = acct_f[a, ACCT_MM] + (mm - pos_mm[p])
+            eb = acct_f[a, ACCT_ERR] + (e - pos_e[p]) + 2.0 * U * (abs(h) + abs(m)) + REL * (abs(c) + abs(pos_c[p]))
+            acct_f[a, ACCT_HEALTH] = h
+            acct_f[a, ACCT_MM] = m
+            acct_f[a, ACCT_ERR] = eb
             pos_c[p] = c
             pos_e[p] = e
             pos_mm[p] = mm
             mm = m
-            st = acct_f[a, 3]
-            others = acct_f[a, 4] - pos_budget[p]
+            st = acct_f[a, ACCT_STATUS]
+            others = acct_f[a, ACCT_BUDGET_OTHERS] - pos_budget[p]
             if others < 0.0:
                 others = 0.0
-            npos = max(acct_f[a, 5], 1.0)
+            npos = max(acct_f[a, ACCT_NPOS], 1.0)
         # the other positions' unapplied moves shift health, maintenance and the bound by (1 + b_out) x theirs
         ebo = eb + (1.0 + b_out) * others
         budget = 0.0
@@ -218,7 +228,7 @@ def _remargin_body(
             flag[t] = 1
         pos_budget[p] = budget
         if not pos_iso[p]:
-            acct_f[pos_acct[p], 4] = others + budget
+            acct_f[pos_acct[p], ACCT_BUDGET_OTHERS] = others + budget
         # the band where |d contribution| + |d mm| + |d error bound| <= budget: 90 % for the mark, 10 %
         # for the funding index (the mm slope is at most the largest rate, or the sqrt premium)
         ratio = r_max
@@ -230,14 +240,14 @@ def _remargin_body(
         if part > 0.0 and sens_p > 0.0 and sens_f > 0.0:
             dp = 0.9 * part / sens_p * (1.0 - 1e-9)  # most of it for the mark: funding moves slowly
             df = 0.1 * part / sens_f * (1.0 - 1e-9)
-            pos_band[p, 0] = mark_f - dp
-            pos_band[p, 1] = mark_f + dp
+            pos_band[p, BAND_MARK_LO] = mark_f - dp
+            pos_band[p, BAND_MARK_HI] = mark_f + dp
             # shrunk by the rounding of the index to float (the kernel's own funding term is exact)
-            pos_band[p, 2] = fidx_f - df + abs(fidx_f) * 4.0 * U
-            pos_band[p, 3] = fidx_f + df - abs(fidx_f) * 4.0 * U
+            pos_band[p, BAND_FIDX_LO] = fidx_f - df + abs(fidx_f) * 4.0 * U
+            pos_band[p, BAND_FIDX_HI] = fidx_f + df - abs(fidx_f) * 4.0 * U
         else:
-            pos_band[p, 0] = 1.0
-            pos_band[p, 1] = 0.0
+            pos_band[p, BAND_MARK_LO] = 1.0
+            pos_band[p, BAND_MARK_HI] = 0.0
 
 
 _serial = njit(cache=True, error_model="numpy")(_remargin_body)
