@@ -24,21 +24,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.risk.options.portfolio import (
+from fluidmargin.risk.options.pm_params import (
     SECONDS_PER_DAY,
     BasisContingencyParams,
-    CollateralHolding,
     ContingencyParams,
-    ExpiryHolding,
     MarginParams,
-    OptionHolding,
-    Portfolio,
     PortfolioMarginParams,
     Scenario,
     SkewShockParams,
     VolShock,
     VolShockParams,
 )
+from fluidmargin.risk.options.pm_types import CollateralHolding, ExpiryHolding, OptionHolding, Portfolio
 
 SETTLEMENT_TWAP_S = 1800  # LyraForwardFeed.SETTLEMENT_TWAP_DURATION: the settlement price averages 30 minutes
 MAX_SCENARIOS = 40  # PMRM_2.setScenarios

@@ -56,6 +56,7 @@ from fluidmargin.core.units import (
     format_decimal,
     parse_decimal,
 )
+from fluidmargin.model.config import GapRiskSpec
 from fluidmargin.model.instruments import BracketModel
 from fluidmargin.risk.perp import presets
 from fluidmargin.risk.perp.margin import (
@@ -65,6 +66,7 @@ from fluidmargin.risk.perp.margin import (
     position_risk,
     value_quote_q,
 )
+from fluidmargin.risk.stats import gap
 
 MAX_SIZE_DECIMALS = 12
 PRESETS = ("binance", "hyperliquid", "dydx", "drift", "gate", "okx", "bybit", "custom")
@@ -372,9 +374,6 @@ def _gap_fields(raw: Any, pos: _Position, fixed_equity_quote_q: int) -> dict[str
     """``bankruptcy_price``, ``gap_probability`` and ``gap_addon`` when the line asks for gap risk."""
     if raw is None:
         return {}
-    from fluidmargin.model.config import GapRiskSpec
-    from fluidmargin.risk.stats import gap
-
     spec = GapRiskSpec.from_dict(raw, "gap_risk")
     g = gap.position_gap_risk(spec, pos.size_base_q, pos.size_decimals, pos.mark_q, fixed_equity_quote_q)
     return {

@@ -20,6 +20,8 @@ import enum
 import math
 from decimal import Decimal, InvalidOperation
 
+from fluidmargin.core.errors import ValidationError
+
 QUOTE_DECIMALS = 6
 QUOTE_SCALE = 10**QUOTE_DECIMALS
 PRICE_DECIMALS = 8
@@ -85,8 +87,6 @@ def pow10(n: int) -> int:
 
 def check_bounds(name: str, value: int, *, lo: int = -MAX_QUANTUMS, hi: int = MAX_QUANTUMS) -> int:
     """Return ``value`` if ``lo <= value <= hi`` else raise a ValidationError naming it."""
-    from fluidmargin.core.errors import ValidationError
-
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{name} must be an integer number of quantums, got {type(value).__name__}")
     if not lo <= value <= hi:
@@ -100,8 +100,6 @@ def parse_decimal(text: str | int | float | Decimal, decimals: int, rounding: Ro
     Rejects NaN, infinities and oversize numbers with a ValidationError. Floats are accepted only
     for convenience at the edge and go through ``repr`` so ``0.1`` means the decimal 0.1.
     """
-    from fluidmargin.core.errors import ValidationError
-
     if isinstance(text, bool):
         raise ValidationError(f"{name}: booleans are not numbers")
     if isinstance(text, float):

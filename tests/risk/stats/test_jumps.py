@@ -20,7 +20,7 @@ from scipy.stats import poisson
 
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.rng import make_rng
-from fluidmargin.risk.stats import jumps
+from fluidmargin.risk.stats import jump_models, jumps
 from fluidmargin.risk.stats.vol import InsufficientHistory
 
 DAY = 1.0 / 365.0
@@ -261,7 +261,7 @@ def test_densities_integrate_to_one_with_the_right_mean(params):
 @pytest.mark.parametrize("jmax", [4, 7])
 def test_truncated_normal_moments_in_every_regime(a, jmax):
     """log int_0^inf t^j phi(t - a) dt: forward recursion, erfcx, pbdv + backward, asymptotic series."""
-    got = jumps._log_truncated_moments(np.array([a]), jmax)[0]
+    got = jump_models._log_truncated_moments(np.array([a]), jmax)[0]
     for j in range(jmax + 1):
         # scaled by e^{a^2/2} so that quad sees O(1) values for every a
         ref = integrate.quad(

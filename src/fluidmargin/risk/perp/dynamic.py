@@ -50,6 +50,7 @@ from typing import Any
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.units import PPM, Rounding, div_round
 from fluidmargin.model.instruments import Bracket
+from fluidmargin.risk.stats import jumps
 
 __all__ = [
     "APC_BUFFER",
@@ -123,8 +124,6 @@ def z_from_jump_model(params: Any, horizon_s: float, coverage: float) -> float:
     tail shape to the current volatility estimate. Touching is likelier than ending beyond: for a pure
     diffusion this z is about norm.ppf(1 - (1 - coverage)/2).
     """
-    from fluidmargin.risk.stats import jumps
-
     if not (math.isfinite(coverage) and 0.5 < coverage < 1.0):
         raise ValidationError(f"coverage must be in (0.5, 1), got {coverage}")
     if not (math.isfinite(horizon_s) and horizon_s > 0):
