@@ -22,8 +22,8 @@ import pytest
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.store import open_log
 from fluidmargin.store.backend import describe
-from fluidmargin.store.log import LogFormatError
 from fluidmargin.store.pg import parse_url, redact
+from fluidmargin.store.records import LogFormatError
 
 CLI = [str(Path(sys.executable).with_name("fluidmargin"))]
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1"}

@@ -33,7 +33,7 @@ from fluidmargin.store import (
 from fluidmargin.store.snapshot import snapshot_name, write_snapshot
 from fluidmargin.store.verify import verify_log
 
-# the installed console script (``python -m fluidmargin.cli.main`` would build a second, empty typer app)
+# the installed console script, as users run it
 CLI = [str(Path(sys.executable).with_name("fluidmargin"))]
 SUBPROCESS_ENV = {**os.environ, "NUMBA_NUM_THREADS": "1"}  # many short runs: skip parallel-kernel start-up
 

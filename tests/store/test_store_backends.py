@@ -37,10 +37,9 @@ from fluidmargin.store import (
     open_log,
     replay,
 )
-from fluidmargin.store import log as sqlite_log
 from fluidmargin.store.backend import scheme_of, sqlite_path
-from fluidmargin.store.log import encode_event
 from fluidmargin.store.pg import parse_url, redact
+from fluidmargin.store.records import encode_event
 from fluidmargin.store.verify import verify_log
 
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1"}
@@ -196,8 +195,7 @@ def test_append_is_atomic_and_rejects_gaps(log_url: str) -> None:
 
 def test_read_dicts_pages_from_a_seq(log_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both backends read in pages; results are the same across page boundaries and from any seq."""
-    monkeypatch.setattr(sqlite_log, "_FETCH", 7)
-    monkeypatch.setattr(PgEventLog, "_PAGE", 7)
+    monkeypatch.setattr(EventLog, "_PAGE", 7)  # both backends: PgEventLog is an EventLog
     _, records = records_of(60)
     with create_log(log_url, perp_venue()) as log:
         log.append(records)

@@ -9,9 +9,10 @@ no local state but its snapshots (files; restored on start when they match the l
 replayed from the start).
 
 A PostgreSQL store may restart under the service: the connections here are made again when lost (see
-:class:`ServiceTables`; the log's own, :class:`~fluidmargin.store.pg.PgEventLog`), and a group commit is
-retried for :data:`COMMIT_RETRY_S` seconds before its writes are answered 503 (then the engine is rebuilt
-from the log once the store is back: :meth:`Runner.reload`).
+:class:`ServiceTables`; the log's own, :class:`~fluidmargin.store.pg.PgDatabase`; both hold a
+:class:`~fluidmargin.store.pg.Session`), and a group commit is retried for :data:`COMMIT_RETRY_S` seconds
+before its writes are answered 503 (then the engine is rebuilt from the log once the store is back:
+:meth:`Runner.reload`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ import orjson
 
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.model.config import EngineConfig
+from fluidmargin.service.errors import WorkerUnavailable
 from fluidmargin.sim.venues import perp_venue, waterfall_venue
-from fluidmargin.store.backend import LogTarget, open_log, scheme_of, sqlite_path
-from fluidmargin.store.log import EventLog, LogCorruptError, StoreUnavailable, damaged_file
+from fluidmargin.store.backend import LogTarget, log_exists, open_log, scheme_of, sqlite_path
+from fluidmargin.store.log import EventLog
+from fluidmargin.store.records import LogCorruptError, StoreUnavailable
 from fluidmargin.store.runner import Runner
+from fluidmargin.store.sqlite import damaged_file
 
 if TYPE_CHECKING:
     from fluidmargin.store.backend import LogBackend
+    from fluidmargin.store.pg import Session
 
 VENUES: dict[str, Callable[[], EngineConfig]] = {"perp": perp_venue, "waterfall": waterfall_venue}
 GROUP_SIZE = 1 << 30  # the worker decides when to commit (once per batch), never the runner
@@ -84,9 +89,9 @@ def default_snapshot_dir(db: LogTarget) -> Path:
     if not is_postgres(db):
         p = sqlite_path(db)
         return p.with_name(p.name + ".snapshots")
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict  # psycopg: only for a PostgreSQL store
 
-    from fluidmargin.store.pg import parse_url
+    from fluidmargin.store.pg import parse_url  # lazy: psycopg only for a PostgreSQL store
 
     conninfo, schema = parse_url(str(db))
     d = conninfo_to_dict(conninfo)
@@ -98,9 +103,7 @@ def default_snapshot_dir(db: LogTarget) -> Path:
 def log_config(db: LogTarget) -> EngineConfig | None:
     """The config an existing log was created with (None when there is no log there yet)."""
     if is_postgres(db):
-        from fluidmargin.store.pg import PgEventLog
-
-        if not PgEventLog.exists(str(db)):
+        if not log_exists(db):
             return None
     else:
         path = sqlite_path(db)
@@ -181,8 +184,8 @@ class ServiceTables:
     A lost PostgreSQL connection (a server restart) is made again at the next call; a statement run
     outside a transaction is then run once more on the new connection (so such statements must be
     idempotent, as every one here is). A transaction that loses its connection is not retried. While the
-    server cannot be reached, calls raise :class:`~fluidmargin.service.worker.WorkerUnavailable` (503).
-    A damaged SQLite file is a :class:`~fluidmargin.store.log.LogCorruptError` naming it.
+    server cannot be reached, calls raise :class:`~fluidmargin.service.errors.WorkerUnavailable` (503).
+    A damaged SQLite file is a :class:`~fluidmargin.store.records.LogCorruptError` naming it.
     """
 
     def __init__(self, target: LogTarget, durable: bool = True, readonly: bool = False) -> None:
@@ -190,14 +193,13 @@ class ServiceTables:
         self.durable, self.readonly = durable, readonly
         self._lock = threading.RLock()
         self._in_txn = False
-        self._lost = 0  # connections lost so far
-        self._conn: Any
+        self._pg: Session | None = None
+        self._sqlite: sqlite3.Connection | None = None
         if self.postgres:
-            from fluidmargin.store.pg import parse_url, redact
+            from fluidmargin.store.pg import Session  # psycopg: only for a PostgreSQL store
 
-            self._conninfo, self._schema = parse_url(str(target))
-            self.where = redact(str(target))
-            self._conn = self._pg_connect(ValidationError)
+            self._pg = Session(str(target), readonly, error=ValidationError, setup=self._pg_setup)
+            self.where = self._pg.where
         else:
             path = sqlite_path(target)
             self.where = str(path)
@@ -215,60 +217,36 @@ class ServiceTables:
             except BaseException:
                 conn3.close()
                 raise
-            self._conn = conn3
+            self._sqlite = conn3
 
-    def _pg_connect(self, error: type[Exception]) -> Any:
+    @property
+    def _conn(self) -> Any:
+        """The connection now (PostgreSQL: the one made after the last loss)."""
+        return self._pg.conn if self._pg is not None else self._sqlite
+
+    def _pg_setup(self, conn: Any, schema: str) -> None:
+        """A new PostgreSQL connection: the log's schema (made if missing) is its search path."""
         from psycopg import sql
 
-        from fluidmargin.store.pg import connect
-
-        conn = connect(self._conninfo, self.where, self.readonly, error=error)
-        try:
-            if not self.readonly and (
-                conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)).fetchone() is None
-            ):
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-            conn.execute("SET synchronous_commit = " + ("on" if self.durable else "off"))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        if not self.readonly and (
+            conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+        ):
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute("SET synchronous_commit = " + ("on" if self.durable else "off"))
 
     def _unavailable(self, why: object) -> Exception:
-        from fluidmargin.service.worker import WorkerUnavailable  # (worker imports this module)
-
         return WorkerUnavailable(f"{self.where}: the store is unavailable ({why}); retry later")
 
     def _run(self, fn: Callable[[Any], Any]) -> Any:
         """``fn(connection)``; on PostgreSQL, after a lost connection outside a transaction, once more."""
-        if not self.postgres:
+        if self._pg is None:
             with damaged_file(self.where):
-                return fn(self._conn)
-        import psycopg
-
-        from fluidmargin.store.pg import connection_lost, scrub
-
-        for attempt in (1, 2):
-            if self._conn.closed or self._conn.broken:
-                if self._in_txn:
-                    raise self._unavailable("the connection was lost in a transaction")
-                self._conn.close()
-                try:
-                    self._conn = self._pg_connect(StoreUnavailable)
-                except StoreUnavailable as e:
-                    raise self._unavailable(e) from None
-            conn = self._conn
-            try:
-                return fn(conn)
-            except psycopg.Error as e:
-                if not connection_lost(conn, e):
-                    raise
-                conn.close()
-                self._lost += 1
-                if self._in_txn or attempt == 2:
-                    raise self._unavailable(scrub(str(e).strip(), self._conninfo)) from None
-        raise AssertionError("unreachable")
+                return fn(self._sqlite)
+        try:
+            return self._pg.run(fn, self._unavailable, in_transaction=self._in_txn)
+        except StoreUnavailable as e:  # the connection could not be made again
+            raise self._unavailable(e) from None
 
     def _sql(self, stmt: str) -> str:
         return stmt.replace("?", "%s") if self.postgres else stmt
@@ -323,13 +301,13 @@ class ServiceTables:
         way, once more on a new one. Only for work that may safely be done twice (inserts that ignore
         conflicts)."""
         with self._lock:
-            lost = self._lost
+            lost = self._pg.lost if self._pg is not None else 0
             try:
                 with self.transaction():
                     fn()
                 return
             except Exception:
-                if self._lost == lost:
+                if self._pg is None or self._pg.lost == lost:
                     raise
             with self.transaction():
                 fn()
@@ -383,15 +361,10 @@ class IdempotencyIndex:
     @classmethod
     def for_runner(cls, runner: Runner) -> IdempotencyIndex | None:
         """The index in the store of ``runner``'s log (None for a log of another kind, or read-only)."""
-        log: Any = runner.log
-        if getattr(log, "readonly", True):
+        log = runner.log
+        if not isinstance(log, EventLog) or log.readonly:
             return None
-        if isinstance(log, EventLog):
-            return cls(Path(log.path))
-        url = getattr(log, "url", None)
-        if isinstance(url, str) and is_postgres(url):
-            return cls(url)
-        return None
+        return cls(log.db.target)
 
     def catch_up(self, runner: Runner) -> int:
         """Index the keyed inputs the log holds beyond the index (a crash between commit and index)."""

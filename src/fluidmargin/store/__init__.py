@@ -3,7 +3,8 @@
 from typing import Any
 
 from fluidmargin.store.backend import LogBackend, create_log, log_exists, open_log
-from fluidmargin.store.log import EventLog, LogCorruptError, LogFormatError, StoreUnavailable
+from fluidmargin.store.log import EventLog
+from fluidmargin.store.records import LogCorruptError, LogFormatError, StoreUnavailable
 from fluidmargin.store.replay import ReplayMismatch, ReplayStats, replay
 from fluidmargin.store.runner import Runner
 from fluidmargin.store.snapshot import SnapshotError, list_snapshots, load_latest, load_snapshot, write_snapshot

@@ -3,10 +3,12 @@
 * ``sqlite:///abs/path/events.db`` (``sqlite:////abs/path`` also reads as absolute), ``sqlite:rel/path.db``,
   or a plain filesystem path (``str`` or ``Path``): :class:`~fluidmargin.store.log.EventLog`, one file.
 * ``postgresql://user:password@host:port/dbname?schema=NAME`` (or ``postgres://``):
-  :class:`~fluidmargin.store.pg.PgEventLog`, tables ``meta`` and ``events`` in schema NAME (default
-  ``public``); other query parameters go to libpq (e.g. ``sslmode``, ``connect_timeout``).
+  :class:`~fluidmargin.store.pg.PgEventLog` (the same log over PostgreSQL), tables ``meta`` and ``events``
+  in schema NAME (default ``public``); other query parameters go to libpq (e.g. ``sslmode``,
+  ``connect_timeout``).
 
-Both have the API described by :class:`LogBackend`; snapshots stay files in a directory for both.
+Both have the API described by :class:`LogBackend`; snapshots stay files in a directory for both. A new
+kind of store is a dialect (:class:`~fluidmargin.store.log.Database`) and an EventLog subclass naming it.
 
 A command line is visible to every user of the machine (``ps``): commands that take a store also read it
 from a file (``--db-file PATH``, one line) or from ``$FLUIDMARGIN_DB`` (:func:`target_from`).
@@ -24,7 +26,7 @@ from urllib.parse import unquote
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.events import Event
-from fluidmargin.store.log import EventLog, LogFormatError
+from fluidmargin.store.log import EventLog
 
 if TYPE_CHECKING:
     from fluidmargin.store.pg import PgEventLog
@@ -96,7 +98,7 @@ def sqlite_path(target: LogTarget) -> Path:
 def describe(target: LogTarget) -> str:
     """The location for messages (passwords redacted)."""
     if scheme_of(target) == "postgresql":
-        from fluidmargin.store.pg import redact
+        from fluidmargin.store.pg import redact  # lazy: psycopg (~0.3 s to import) only for a PostgreSQL store
 
         return redact(str(target))
     return str(sqlite_path(target))
@@ -134,19 +136,26 @@ def shows_password(target: str | None) -> bool:
     """Whether ``target`` is a postgresql:// URL with a password in it (in the process list if on a command line)."""
     if not target or scheme_of(target) != "postgresql":
         return False
-    from fluidmargin.store.pg import redact
+    from fluidmargin.store.pg import redact  # lazy: psycopg only for a PostgreSQL store
 
     return redact(target) != target
 
 
 def _pg() -> type[PgEventLog]:
     try:
-        from fluidmargin.store.pg import PgEventLog
+        from fluidmargin.store.pg import PgEventLog  # lazy: psycopg only for a PostgreSQL store
     except ImportError as e:  # pragma: no cover - psycopg is a dependency
         raise ValidationError(
             f"a postgresql:// event log needs psycopg 3 (pip install 'psycopg[binary]'): {e}"
         ) from None
     return PgEventLog
+
+
+def _log_class(target: LogTarget) -> tuple[type[EventLog], LogTarget]:
+    """The log class for a location, and the location as its constructors take it."""
+    if scheme_of(target) == "postgresql":
+        return _pg(), str(target)
+    return EventLog, sqlite_path(target)
 
 
 def log_exists(target: LogTarget) -> bool:
@@ -158,9 +167,8 @@ def log_exists(target: LogTarget) -> bool:
 
 def create_log(target: LogTarget, config: EngineConfig) -> LogBackend:
     """Create a new, empty log for ``config`` at a path or URL; an existing one is a ValidationError."""
-    if scheme_of(target) == "postgresql":
-        return _pg().create(str(target), config)
-    return EventLog.create(sqlite_path(target), config)
+    cls, location = _log_class(target)
+    return cls.create(location, config)
 
 
 def open_log(target: LogTarget, config: EngineConfig | None = None, readonly: bool = False) -> LogBackend:
@@ -172,14 +180,8 @@ def open_log(target: LogTarget, config: EngineConfig | None = None, readonly: bo
     """
     if config is not None and not readonly and not log_exists(target):
         return create_log(target, config)
-    log: LogBackend
-    if scheme_of(target) == "postgresql":
-        log = _pg().open(str(target), readonly=readonly)
-    else:
-        path = sqlite_path(target)
-        if not path.exists():
-            raise LogFormatError(f"{path}: no such event log file")
-        log = EventLog.open(path, readonly=readonly)
+    cls, location = _log_class(target)
+    log = cls.open(location, readonly=readonly)
     if config is not None and config.to_dict() != log.config.to_dict():
         log.close()
         raise ValidationError(f"{describe(target)} was created with a different engine config")

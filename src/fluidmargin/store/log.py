@@ -1,187 +1,134 @@
-"""The durable event log: one SQLite file in WAL mode, every engine record with its sequence number.
+"""The durable event log: every engine record with its sequence number, in SQLite or PostgreSQL.
 
-A batch of records is appended in one transaction (group commit); with ``synchronous=FULL`` a
-committed transaction survives a crash, so a record is *acknowledged* once its transaction commits.
-The ``meta`` table holds the engine config, the schema version and a checkpoint (last seq, state
-hash) written in the same transaction as the records it covers.
+One class, :class:`EventLog`, holds the log's logic: group commit, checkpoints, reading ranges, the checks on
+what it reads. What differs between databases is a small dialect, a :class:`Database`: the connection, the
+SQL text (written here once, with ``?`` placeholders and ``{events}``/``{meta}`` for the tables), the schema,
+the writer lock and what a lost connection means. :class:`~fluidmargin.store.sqlite.SqliteDatabase` is one
+file in WAL mode with ``synchronous=FULL``; :class:`~fluidmargin.store.pg.PgDatabase` is one PostgreSQL
+schema, connected again when lost. The stored rows are the same (:mod:`fluidmargin.store.records`).
+
+A batch of records is appended in one transaction that holds the writer lock (group commit); a record is
+*acknowledged* once its transaction commits (durable then). The ``meta`` table holds the engine config,
+the schema version and a checkpoint (last seq, state hash) written in the same transaction as the records
+it covers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 
-from fluidmargin.core.errors import FluidMarginError, ValidationError
-from fluidmargin.engine.engine import Engine
+from fluidmargin.core.errors import ValidationError
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.events import EVENT_TYPES, Event, event_from_dict
+from fluidmargin.store.records import (
+    LogCorruptError,
+    Row,
+    check_continues,
+    encode_rows,
+    new_header,
+    read_header,
+)
+from fluidmargin.store.sqlite import SqliteDatabase
 
-MAGIC = "fluidmargin-event-log"
-SCHEMA_VERSION = 1
-_FETCH = 2000
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    ts_ns INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    is_input INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-"""
-
-
-class LogFormatError(ValidationError):
-    """The file is missing, not a fluidmargin event log, or a record in it cannot be decoded."""
-
-
-class LogCorruptError(FluidMarginError):
-    """A stored record is unreadable or inconsistent (names the seq), or the store itself is damaged."""
+# the log's own SQL, for every dialect
+_MAX_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM {events}"
+_COUNT = "SELECT COUNT(*) FROM {events}"
+_COUNT_INPUTS = "SELECT COUNT(*) FROM {events} WHERE is_input = TRUE"
+_CHECKPOINT = "SELECT key, value FROM {meta} WHERE key IN ('checkpoint_seq', 'checkpoint_hash')"
+_SET_META = "UPDATE {meta} SET value = ? WHERE key = ?"
+_PAYLOAD = "SELECT payload FROM {events} WHERE seq = ?"
+_HELD = "SELECT seq, payload FROM {events} WHERE seq BETWEEN ? AND ? ORDER BY seq"
 
 
-class StoreUnavailable(FluidMarginError):
-    """The store cannot be reached now (a lost connection, a restarting server): retry later.
+class Writer(Protocol):
+    """The statements of one write transaction (see :meth:`Database.writing`)."""
 
-    The call that raised it changed nothing, except an append whose commit may have reached the server:
-    the log's next append finds out (see :meth:`PgEventLog.append`).
+    def fetch(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def executemany(self, query: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def insert_events(self, rows: list[Row]) -> None: ...
+
+
+class Database(Protocol):
+    """What a log needs of its database: the dialect of one kind of store.
+
+    ``query`` arguments are the log's SQL: ``?`` placeholders, ``{events}`` and ``{meta}`` for its tables.
+    A damaged store is a LogCorruptError; one that cannot be reached now, a StoreUnavailable.
     """
 
+    @property
+    def path(self) -> Path | str: ...  # names the store in messages (a file, or the URL without its password)
 
-Row = tuple[int, int, str, bool, bytes]  # seq, ts_ns, type, is_input, payload
+    @property
+    def target(self) -> Path | str: ...  # where it is, as open_log takes it (a URL keeps its password)
 
+    @property
+    def in_doubt(self) -> bool: ...  # the last write lost its connection: its commit may have happened
 
-def encode_rows(records: Iterable[tuple[int, Event]]) -> list[Row]:
-    """The stored rows of ``(seq, event)`` records (every backend stores the same)."""
-    return [(seq, e.ts_ns, type(e).__name__, e.is_input, encode_event(e)) for seq, e in records]
-
-
-def check_continues(rows: list[Row], last: int, checkpoint: tuple[int, str] | None) -> None:
-    """Refuse rows that do not continue a log ending at ``last``, or a checkpoint not at their end."""
-    for i, row in enumerate(rows):
-        if row[0] != last + 1 + i:
-            raise ValidationError(f"seq {row[0]} does not continue the log (expected {last + 1 + i})")
-    if checkpoint is not None and checkpoint[0] != last + len(rows):
-        raise ValidationError(f"checkpoint seq {checkpoint[0]} is not the end of the log ({last + len(rows)})")
-
-
-def encode_event(event: Event) -> bytes:
-    """The payload stored for ``event``: orjson of :meth:`Event.to_dict`."""
-    return orjson.dumps(event.to_dict())
+    def fetch(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...  # a read
+    def writing(self) -> AbstractContextManager[Writer]: ...  # one transaction, holding the writer lock
+    def pages(self, from_seq: int, size: int) -> Iterator[list[tuple[Any, ...]]]: ...  # events rows by seq
+    def read_header(self) -> tuple[dict[str, Any], list[str]]: ...  # meta rows, events columns (reads only)
+    def prepare_writes(self) -> None: ...  # after the header checked out, before the first write
+    def check_store(self) -> list[str]: ...  # what is wrong with the store itself; empty when nothing
+    def setting(self, name: str) -> Any: ...  # a database setting (SQLite PRAGMA, PostgreSQL SHOW)
+    def close(self) -> None: ...
 
 
-def loggable_payload(event: Event) -> bytes:
-    """Encode an input and check it decodes back to the same event, so replay can reproduce it.
+class Dialect(Protocol):
+    """A kind of database: how its :class:`Database` is made (the dialect's class)."""
 
-    Raises :class:`ValidationError` (before anything is applied or logged) when it cannot.
-    """
-    name = type(event).__name__
-    if EVENT_TYPES.get(name) is not type(event):
-        raise ValidationError(f"{name} is not a registered event type; it cannot be logged")
-    if not event.is_input:
-        raise ValidationError(f"{name} is an output event, not an input")
-    try:
-        payload = encode_event(event)
-        back = event_from_dict(orjson.loads(payload))
-    except (TypeError, orjson.JSONEncodeError, ValidationError) as e:
-        raise ValidationError(f"{name} cannot be logged faithfully: {e}") from None
-    if back != event:  # the same class (checked above): dataclass equality is field-by-field
-        raise ValidationError(f"{name} does not survive the log round trip: {event!r}")
-    return payload
+    def create(self, target: str | Path, header: dict[str, bytes]) -> Database: ...  # refuses an existing one
+    def open(self, target: str | Path, readonly: bool) -> Database: ...  # reads nothing yet
 
 
 class EventLog:
-    """Append-only event log over one SQLite file (single writer)."""
+    """Append-only event log over one :class:`Database` (single writer).
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, config: EngineConfig, readonly: bool) -> None:
-        self.path = path
-        self._conn = conn
+    :meth:`create` and :meth:`open` take a SQLite file here; :class:`~fluidmargin.store.pg.PgEventLog` is
+    this log over PostgreSQL, whose take a ``postgresql://`` URL (:func:`~fluidmargin.store.backend.open_log`
+    picks by the location).
+    """
+
+    dialect: ClassVar[Dialect] = SqliteDatabase
+    _PAGE = 2000  # rows per page when reading
+
+    def __init__(self, db: Database, config: EngineConfig, readonly: bool) -> None:
+        self.db = db
+        self.path = db.path
         self.config = config
         self.readonly = readonly
 
     # --- opening ----------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | Path, config: EngineConfig) -> EventLog:
+    def create(cls, target: str | Path, config: EngineConfig) -> Self:
         """Create a new, empty log for ``config`` (its checkpoint is the fresh engine's state hash)."""
-        checkpoint_hash = Engine(config).state_hash()
-        path = Path(path)
-        if path.exists():
-            raise ValidationError(f"{path} already exists; open it instead of creating it")
-        try:
-            conn = sqlite3.connect(path, isolation_level=None)
-        except sqlite3.Error as e:
-            raise LogFormatError(f"{path}: cannot create an event log: {e}") from None
-        try:
-            _pragmas(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            rows = {
-                "magic": MAGIC.encode(),
-                "schema_version": str(SCHEMA_VERSION).encode(),
-                "config": orjson.dumps(config.to_dict()),
-                "checkpoint_seq": b"0",
-                "checkpoint_hash": checkpoint_hash.encode(),
-            }
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-            raise
-        return cls(path, conn, config, readonly=False)
+        return cls(cls.dialect.create(target, new_header(config)), config, readonly=False)
 
     @classmethod
-    def open(cls, path: str | Path, readonly: bool = False) -> EventLog:
-        """Open an existing log. A missing file or one that is not a fluidmargin log is a LogFormatError."""
-        path = Path(path)
-        if not path.is_file():
-            raise LogFormatError(f"{path}: no such event log file")
-        mode = "ro" if readonly else "rw"
+    def open(cls, target: str | Path, readonly: bool = False) -> Self:
+        """Open an existing log. A missing log or one that is not a fluidmargin log is a LogFormatError.
+
+        The header is checked before anything is written (a foreign store must not be modified)."""
+        db = cls.dialect.open(target, readonly)
         try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None)
-        except sqlite3.Error as e:
-            raise LogFormatError(f"{path}: cannot open as an event log: {e}") from None
-        try:
-            # check before touching anything: a foreign file must not be modified
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            cols = [r[1] for r in conn.execute("PRAGMA table_info(events)").fetchall()]
-        except sqlite3.Error as e:
-            conn.close()
-            raise LogFormatError(f"{path} is not a fluidmargin event log ({e})") from None
-        try:
-            if bytes(meta.get("magic", b"")) != MAGIC.encode():
-                raise LogFormatError(f"{path} is not a fluidmargin event log (no magic in its meta table)")
-            version = int(bytes(meta["schema_version"]))
-            if version != SCHEMA_VERSION:
-                raise LogFormatError(f"{path}: schema version {version}, this build reads {SCHEMA_VERSION}")
-            if cols != ["seq", "ts_ns", "type", "is_input", "payload"]:
-                raise LogFormatError(f"{path}: events table has columns {cols}")
-            config = EngineConfig.from_dict(orjson.loads(meta["config"]))
-            int(bytes(meta["checkpoint_seq"]))
-            bytes(meta["checkpoint_hash"]).decode()
+            config = read_header(db.path, *db.read_header())
             if not readonly:
-                _pragmas(conn)
-        except LogFormatError:
-            conn.close()
+                db.prepare_writes()
+        except BaseException:
+            db.close()
             raise
-        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError, sqlite3.Error) as e:
-            conn.close()
-            raise LogFormatError(f"{path}: malformed event log header: {e}") from None
-        return cls(path, conn, config, readonly)
+        return cls(db, config, readonly)
 
     def close(self) -> None:
-        self._conn.close()
+        self.db.close()
 
-    def __enter__(self) -> EventLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -193,78 +140,62 @@ class EventLog:
         """Append ``(seq, event)`` records in one transaction; returns the last durable seq.
 
         Seqs must continue the log without a gap. ``checkpoint`` (seq, state hash) is stored in the
-        same transaction. On any error nothing of the batch is written.
+        same transaction. On any error nothing of the batch is written. A lost connection is a
+        StoreUnavailable; the batch may then have committed, so the next append skips the rows the
+        log already holds with the same payloads (and only then: otherwise an overlap is refused).
         """
         if self.readonly:
             raise ValidationError(f"{self.path} is open read-only")
         rows = encode_rows(records)
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            last = self._max_seq()
+        with self.db.writing() as w:
+            last = int(w.fetch(_MAX_SEQ)[0][0])
+            if self.db.in_doubt:
+                rows = self._not_yet_logged(w, rows, last)
             check_continues(rows, last, checkpoint)
-            conn.executemany("INSERT INTO events (seq, ts_ns, type, is_input, payload) VALUES (?, ?, ?, ?, ?)", rows)
+            w.insert_events(rows)
             if checkpoint is not None:
                 cseq, chash = checkpoint
-                conn.executemany(
-                    "UPDATE meta SET value = ? WHERE key = ?",
-                    [(str(cseq).encode(), "checkpoint_seq"), (chash.encode(), "checkpoint_hash")],
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                w.executemany(_SET_META, [(str(cseq).encode(), "checkpoint_seq"), (chash.encode(), "checkpoint_hash")])
         return last + len(rows)
+
+    @staticmethod
+    def _not_yet_logged(w: Writer, rows: list[Row], last: int) -> list[Row]:
+        """``rows`` less the leading ones the log already holds, byte for byte (an earlier commit's)."""
+        if not rows or rows[0][0] > last:
+            return rows
+        k = min(last - rows[0][0] + 1, len(rows))
+        held = w.fetch(_HELD, (rows[0][0], rows[k - 1][0]))
+        if [(int(q), bytes(p)) for q, p in held] == [(r[0], r[4]) for r in rows[:k]]:
+            return rows[k:]
+        return rows
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def _max_seq(self) -> int:
-        with damaged_file(self.path):
-            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-
     def last_seq(self) -> int:
         """The last committed seq (0 for an empty log)."""
-        return self._max_seq()
+        return int(self.db.fetch(_MAX_SEQ)[0][0])
 
     def count(self, inputs_only: bool = False) -> int:
-        q = "SELECT COUNT(*) FROM events" + (" WHERE is_input = 1" if inputs_only else "")
-        with damaged_file(self.path):
-            return int(self._conn.execute(q).fetchone()[0])
+        return int(self.db.fetch(_COUNT_INPUTS if inputs_only else _COUNT)[0][0])
 
     def checkpoint(self) -> tuple[int, str]:
         """The stored (seq, state hash) checkpoint."""
-        with damaged_file(self.path):
-            meta = dict(
-                self._conn.execute(
-                    "SELECT key, value FROM meta WHERE key IN ('checkpoint_seq', 'checkpoint_hash')"
-                ).fetchall()
-            )
+        meta = dict(self.db.fetch(_CHECKPOINT))
         return int(bytes(meta["checkpoint_seq"])), bytes(meta["checkpoint_hash"]).decode()
 
     def check_store(self) -> list[str]:
-        """What SQLite's ``PRAGMA integrity_check`` finds wrong in the whole file (every table and index,
-        the service's included); empty when nothing."""
-        with damaged_file(self.path):
-            rows = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check(20)").fetchall()]
-        if rows == ["ok"]:
-            return []
-        detail = "; ".join(" ".join(r.split()) for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
-        return [f"{self.path}: the SQLite file is malformed (integrity_check: {detail})"]
+        """What is wrong with the store itself, beyond what a replay reads (empty when nothing): on SQLite
+        ``PRAGMA integrity_check`` of the whole file (the service's tables included); on PostgreSQL, which
+        keeps its pages consistent itself, sanity queries on the log's tables."""
+        return self.db.check_store()
 
     def read_dicts(self, from_seq: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(seq, event dict)`` for every record with ``seq >= from_seq``, in seq order.
 
         Checks each row's columns agree with its payload; a bad row is a LogCorruptError naming its seq.
+        Reads one page of rows at a time, so memory does not grow with the log.
         """
-        with damaged_file(self.path):
-            cur = self._conn.execute(
-                "SELECT seq, ts_ns, type, is_input, payload FROM events WHERE seq >= ? ORDER BY seq", (from_seq,)
-            )
-        while True:
-            with damaged_file(self.path):
-                rows = cur.fetchmany(_FETCH)
-            if not rows:
-                return
+        for rows in self.db.pages(from_seq, self._PAGE):
             for seq, ts_ns, typ, is_input, payload in rows:
                 try:
                     d = orjson.loads(payload)
@@ -276,7 +207,7 @@ class EventLog:
                     or d.get("type") != typ
                     or d.get("ts_ns") != ts_ns
                     or cls is None
-                    or int(cls.is_input) != is_input
+                    or int(cls.is_input) != is_input  # SQLite's 0/1, PostgreSQL's bool
                 ):
                     raise LogCorruptError(f"{self.path}: seq {seq}: columns disagree with the payload")
                 yield seq, d
@@ -290,28 +221,13 @@ class EventLog:
                 raise LogCorruptError(f"{self.path}: seq {seq}: {e}") from None
 
     def payload_at(self, seq: int) -> bytes | None:
-        with damaged_file(self.path):
-            row = self._conn.execute("SELECT payload FROM events WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else bytes(row[0])
+        rows = self.db.fetch(_PAYLOAD, (seq,))
+        return bytes(rows[0][0]) if rows else None
+
+    def setting(self, name: str) -> Any:
+        """A database setting as this connection sees it: SQLite ``PRAGMA name``, PostgreSQL ``SHOW name``."""
+        return self.db.setting(name)
 
     def pragma(self, name: str) -> Any:
-        return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
-
-
-@contextlib.contextmanager
-def damaged_file(path: object) -> Iterator[None]:
-    """Turn SQLite's "database disk image is malformed" / "file is not a database" into a LogCorruptError
-    naming the file (other SQLite errors, e.g. a constraint or a full disk, pass unchanged)."""
-    try:
-        yield
-    except sqlite3.DatabaseError as e:
-        if type(e) is not sqlite3.DatabaseError:
-            raise
-        raise LogCorruptError(f"{path}: the SQLite file is damaged ({e})") from None
-
-
-def _pragmas(conn: sqlite3.Connection) -> None:
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise LogFormatError(f"cannot switch the log to WAL mode (got {mode!r})")
-    conn.execute("PRAGMA synchronous=FULL")
+        """:meth:`setting`, by its SQLite name."""
+        return self.db.setting(name)

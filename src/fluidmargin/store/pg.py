@@ -1,57 +1,44 @@
-"""The durable event log on PostgreSQL (psycopg 3): the same API and semantics as :class:`EventLog`.
+"""The event log's PostgreSQL dialect (psycopg 3): the same log as SQLite's, in one schema of a server.
 
 One log lives in one schema, named by the URL's ``schema`` query parameter (default ``public``):
 ``postgresql://user:password@host:port/dbname?schema=fm_prod``. Its tables mirror the SQLite file:
 ``meta (key TEXT PRIMARY KEY, value BYTEA)`` and ``events (seq BIGINT PRIMARY KEY, ts_ns BIGINT,
 type TEXT, is_input BOOLEAN, payload BYTEA)``; payloads are the same bytes (``encode_event``).
 
-A batch is appended in one transaction that first locks ``events`` against other writers (the
-single-writer rule that ``BEGIN IMMEDIATE`` gives on SQLite), checks the seqs continue the log and
-stores the checkpoint in the same transaction. The session runs with ``synchronous_commit = on``,
-so a COMMIT that returned is durable on the server: that is the acknowledgement point.
-Reads page through the table by seq (keyset pagination), so a replay never holds the whole log.
+An append's transaction first locks ``events`` against other writers (the single-writer rule that
+``BEGIN IMMEDIATE`` gives on SQLite) and writes its rows with ``COPY``. The session runs with
+``synchronous_commit = on``, so a COMMIT that returned is durable on the server: that is the
+acknowledgement point. Reads page through the table by seq (keyset pagination), so a replay never holds
+the whole log and a page can be read again on a new connection.
 
 URLs are read as libpq reads them (psycopg's own conninfo parser); ``schema`` is the one parameter that is
 ours. A password is never shown: :func:`redact` hides it however the URL spells it.
 
 A lost connection (the server restarted, a failover) is a :class:`StoreUnavailable`; the next call
 connects again. Reads are retried once on a fresh connection. An append whose connection was lost may
-have committed (the COMMIT reached the server, its answer did not): the next append first checks the
-log for the batch and does not write it twice.
+have committed (the COMMIT reached the server, its answer did not): the log is then *in doubt*, and its
+next append first checks for the batch and does not write it twice (:meth:`EventLog.append`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.engine.engine import Engine
-from fluidmargin.model.config import EngineConfig
-from fluidmargin.model.events import EVENT_TYPES, Event, event_from_dict
-from fluidmargin.store.log import (
-    MAGIC,
-    SCHEMA_VERSION,
-    LogCorruptError,
-    LogFormatError,
-    Row,
-    StoreUnavailable,
-    check_continues,
-    encode_rows,
-)
+from fluidmargin.store.log import EventLog
+from fluidmargin.store.records import META_KEYS, LogFormatError, Row, StoreUnavailable
 
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "public"
-_COLUMNS = ["seq", "ts_ns", "type", "is_input", "payload"]
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -153,18 +140,25 @@ def connect(
         conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
     except psycopg.Error as e:
         raise error(f"{where}: cannot connect to PostgreSQL: {scrub(str(e).strip(), conninfo)}") from None
-    try:
+    with closed_on_failure(conn, conninfo, lambda why: error(f"{where}: cannot set up the PostgreSQL session: {why}")):
         # a committed transaction must be durable when COMMIT returns, whatever the server's default
         conn.execute("SET synchronous_commit = on")
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+@contextlib.contextmanager
+def closed_on_failure(conn: psycopg.Connection[Any], url: str, fail: Callable[[str], Exception]) -> Iterator[None]:
+    """Close ``conn`` when the block fails; a driver's error becomes ``fail(its message, password hidden)``."""
+    try:
+        yield
     except psycopg.Error as e:
         conn.close()
-        raise error(f"{where}: cannot set up the PostgreSQL session: {scrub(str(e).strip(), conninfo)}") from None
+        raise fail(scrub(str(e).strip(), url)) from None
     except BaseException:
         conn.close()
         raise
-    return conn
 
 
 def connection_lost(conn: psycopg.Connection[Any], e: BaseException) -> bool:
@@ -174,24 +168,86 @@ def connection_lost(conn: psycopg.Connection[Any], e: BaseException) -> bool:
     return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) and (conn.closed or conn.broken)
 
 
-class PgEventLog:
-    """Append-only event log in one PostgreSQL schema (single writer)."""
+class Session:
+    """A session on a PostgreSQL server that is made again when it was lost (a restart, a failover).
 
-    _PAGE = 2000  # rows per page when reading
+    ``setup(connection, schema)`` runs on every new connection, after :func:`connect`'s own settings.
+    The first connection failing is ``error``; a later one, StoreUnavailable.
+    """
 
-    def __init__(self, url: str, schema: str, conn: psycopg.Connection[Any], config: EngineConfig, readonly: bool):
+    def __init__(
+        self,
+        url: str,
+        readonly: bool,
+        error: type[Exception] = LogFormatError,
+        setup: Callable[[psycopg.Connection[Any], str], None] | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> None:
         self.url = url
-        self.path = redact(url)  # names the log in messages, as EventLog.path does
-        self.schema = schema
-        self._conn = conn
-        self._conninfo = parse_url(url)[0]
-        self.config = config
+        self.conninfo, self.schema = parse_url(url)
+        self.where = redact(url)  # names the server in messages
         self.readonly = readonly
-        self._meta = sql.Identifier(schema, "meta")
-        self._events = sql.Identifier(schema, "events")
-        self._in_doubt = False  # an append lost its connection: its commit may or may not have happened
+        self.lost = 0  # connections lost so far
+        self._setup = setup
+        self.conn = conn if conn is not None else self._connect(error)
 
-    # --- opening ----------------------------------------------------------------------------------
+    def _connect(self, error: type[Exception]) -> psycopg.Connection[Any]:
+        conn = connect(self.conninfo, self.where, self.readonly, error=error)
+        if self._setup is not None:
+            try:
+                self._setup(conn, self.schema)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def live(self) -> psycopg.Connection[Any]:
+        """The connection, made again if it was lost (StoreUnavailable when the server cannot be reached)."""
+        if self.conn.closed or self.conn.broken:
+            self.conn.close()
+            self.conn = self._connect(StoreUnavailable)
+        return self.conn
+
+    def why(self, e: BaseException) -> str:
+        """A driver's error as a message (the password hidden)."""
+        return scrub(str(e).strip(), self.url)
+
+    def run(
+        self,
+        fn: Callable[[psycopg.Connection[Any]], T],
+        unavailable: Callable[[str], Exception],
+        in_transaction: bool = False,
+    ) -> T:
+        """``fn(connection)``. A lost connection is ``unavailable(why)``; outside a transaction ``fn`` is
+        first run once more on a new connection (so it must be idempotent), inside one never."""
+        for attempt in (1, 2):
+            if in_transaction and (self.conn.closed or self.conn.broken):
+                raise unavailable("the connection was lost in a transaction")
+            conn = self.live()
+            try:
+                return fn(conn)
+            except psycopg.Error as e:
+                if not connection_lost(conn, e):
+                    raise
+                conn.close()
+                self.lost += 1
+                if in_transaction or attempt == 2:
+                    raise unavailable(self.why(e)) from None
+        raise AssertionError("unreachable")
+
+
+class PgDatabase:
+    """The store of one log: the ``meta`` and ``events`` tables of one schema (see the module docstring)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.url = self.target = session.url
+        self.path = session.where  # names the log in messages
+        self.schema = session.schema
+        self.in_doubt = False  # an append lost its connection: its commit may or may not have happened
+        self._events = sql.Identifier(self.schema, "events")
+        self._meta = sql.Identifier(self.schema, "meta")
+        self._sql: dict[str, sql.Composed] = {}
 
     @staticmethod
     def exists(url: str) -> bool:
@@ -201,289 +257,172 @@ class PgEventLog:
             return bool(_tables(conn, schema))
 
     @classmethod
-    def create(cls, url: str, config: EngineConfig) -> PgEventLog:
-        """Create a new, empty log for ``config`` (its checkpoint is the fresh engine's state hash)."""
-        checkpoint_hash = Engine(config).state_hash()
+    def create(cls, target: str | Path, header: dict[str, bytes]) -> PgDatabase:
+        """The tables of an empty log with ``header`` in its meta table; a schema holding either is refused."""
+        url = str(target)
         conninfo, schema = parse_url(url)
         where = redact(url)
         conn = connect(conninfo, where, readonly=False)
         meta, events = sql.Identifier(schema, "meta"), sql.Identifier(schema, "events")
-        try:
-            with conn.transaction():
-                # two creators of one log serialise here; the loser sees the tables and refuses
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"fluidmargin-log:{schema}",))
-                if _tables(conn, schema):
-                    raise ValidationError(f"{where} already exists; open it instead of creating it")
-                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
-                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-                conn.execute(sql.SQL("CREATE TABLE {} (key TEXT PRIMARY KEY, value BYTEA NOT NULL)").format(meta))
-                conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE {} (seq BIGINT PRIMARY KEY, ts_ns BIGINT NOT NULL, type TEXT NOT NULL,"
-                        " is_input BOOLEAN NOT NULL, payload BYTEA NOT NULL)"
-                    ).format(events)
-                )
-                rows = {
-                    "magic": MAGIC.encode(),
-                    "schema_version": str(SCHEMA_VERSION).encode(),
-                    "config": orjson.dumps(config.to_dict()),
-                    "checkpoint_seq": b"0",
-                    "checkpoint_hash": checkpoint_hash.encode(),
-                }
-                with conn.cursor() as cur:
-                    cur.executemany(sql.SQL("INSERT INTO {} (key, value) VALUES (%s, %s)").format(meta), rows.items())
-        except psycopg.Error as e:
-            conn.close()
-            raise LogFormatError(f"{where}: cannot create an event log: {scrub(str(e).strip(), url)}") from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(url, schema, conn, config, readonly=False)
+        with (
+            closed_on_failure(conn, url, lambda why: LogFormatError(f"{where}: cannot create an event log: {why}")),
+            conn.transaction(),
+        ):
+            # two creators of one log serialise here; the loser sees the tables and refuses
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"fluidmargin-log:{schema}",))
+            if _tables(conn, schema):
+                raise ValidationError(f"{where} already exists; open it instead of creating it")
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("CREATE TABLE {} (key TEXT PRIMARY KEY, value BYTEA NOT NULL)").format(meta))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (seq BIGINT PRIMARY KEY, ts_ns BIGINT NOT NULL, type TEXT NOT NULL,"
+                    " is_input BOOLEAN NOT NULL, payload BYTEA NOT NULL)"
+                ).format(events)
+            )
+            with conn.cursor() as cur:
+                cur.executemany(sql.SQL("INSERT INTO {} (key, value) VALUES (%s, %s)").format(meta), header.items())
+        return cls(Session(url, readonly=False, conn=conn))
 
     @classmethod
-    def open(cls, url: str, readonly: bool = False) -> PgEventLog:
-        """Open an existing log. A missing log or tables that are not a fluidmargin log are a LogFormatError."""
-        conninfo, schema = parse_url(url)
-        where = redact(url)
-        conn = connect(conninfo, where, readonly)
+    def open(cls, target: str | Path, readonly: bool) -> PgDatabase:
+        """A session on the URL's server for the log in its schema (read-only when ``readonly``)."""
+        return cls(Session(str(target), readonly))
+
+    def read_header(self) -> tuple[dict[str, Any], list[str]]:
+        conn, where = self.session.conn, self.path
         try:
-            # only reads: a foreign schema must not be modified
-            tables = _tables(conn, schema)
+            tables = _tables(conn, self.schema)
             if not tables:
-                raise LogFormatError(f"{where}: no such event log (schema {schema!r} has no meta or events table)")
+                raise LogFormatError(f"{where}: no such event log (schema {self.schema!r} has no meta or events table)")
             if "meta" not in tables:
                 raise LogFormatError(f"{where} is not a fluidmargin event log (no meta table)")
             meta = {
                 str(k): v if isinstance(v, bytes) else str(v).encode()
-                for k, v in conn.execute(sql.SQL("SELECT key, value FROM {}").format(sql.Identifier(schema, "meta")))
+                for k, v in conn.execute(sql.SQL("SELECT key, value FROM {}").format(self._meta))
             }
             cols = [
                 r[0]
                 for r in conn.execute(
                     "SELECT column_name FROM information_schema.columns WHERE table_schema = %s"
                     " AND table_name = 'events' ORDER BY ordinal_position",
-                    (schema,),
+                    (self.schema,),
                 )
             ]
-            if meta.get("magic", b"") != MAGIC.encode():
-                raise LogFormatError(f"{where} is not a fluidmargin event log (no magic in its meta table)")
-            version = int(meta["schema_version"])
-            if version != SCHEMA_VERSION:
-                raise LogFormatError(f"{where}: schema version {version}, this build reads {SCHEMA_VERSION}")
-            if cols != _COLUMNS:
-                raise LogFormatError(f"{where}: events table has columns {cols}")
-            config = EngineConfig.from_dict(orjson.loads(meta["config"]))
-            int(meta["checkpoint_seq"])
-            meta["checkpoint_hash"].decode()
-        except LogFormatError:
-            conn.close()
-            raise
         except psycopg.Error as e:
-            conn.close()
-            raise LogFormatError(f"{where} is not a fluidmargin event log ({scrub(str(e).strip(), url)})") from None
-        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as e:
-            conn.close()
-            raise LogFormatError(f"{where}: malformed event log header: {e}") from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(url, schema, conn, config, readonly)
+            raise LogFormatError(f"{where} is not a fluidmargin event log ({self.session.why(e)})") from None
+        return meta, cols
+
+    def prepare_writes(self) -> None:
+        pass  # the session was set up when it connected
 
     def close(self) -> None:
-        self._conn.close()
+        self.session.conn.close()
 
-    def __enter__(self) -> PgEventLog:
-        return self
+    # --- statements ---------------------------------------------------------------------------------
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _lost(self, why: str) -> StoreUnavailable:
+        return StoreUnavailable(f"{self.path}: lost the connection to PostgreSQL: {why}")
 
-    # --- the connection -----------------------------------------------------------------------------
+    def _render(self, query: str) -> sql.Composed:
+        """The log's SQL (``?`` placeholders, ``{events}``, ``{meta}``) for this schema."""
+        q = self._sql.get(query)
+        if q is None:
+            q = self._sql[query] = sql.SQL(query.replace("?", "%s")).format(events=self._events, meta=self._meta)
+        return q
 
-    def _lost(self, e: BaseException) -> StoreUnavailable:
-        with contextlib.suppress(Exception):
-            self._conn.close()
-        return StoreUnavailable(f"{self.path}: lost the connection to PostgreSQL: {scrub(str(e).strip(), self.url)}")
+    def fetch(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read; after a lost connection, once more on a new one."""
+        q = self._render(query)
+        return self.session.run(lambda c: c.execute(q, args).fetchall(), self._lost)
 
-    def _live(self) -> psycopg.Connection[Any]:
-        """The connection, made again if it was lost (StoreUnavailable when the server cannot be reached)."""
-        if self._conn.closed or self._conn.broken:
-            self._conn.close()
-            self._conn = connect(self._conninfo, self.path, self.readonly, error=StoreUnavailable)
-        return self._conn
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[PgTransaction]:
+        """One transaction that first locks ``events`` against other writers (readers are not blocked).
 
-    def _query(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """``fn(connection)`` for a read; after a lost connection, once more on a new one."""
-        for attempt in (1, 2):
-            conn = self._live()
-            try:
-                return fn(conn)
-            except psycopg.Error as e:
-                if not connection_lost(conn, e):
-                    raise
-                if attempt == 2:
-                    raise self._lost(e) from None
-                self._conn.close()
-        raise AssertionError("unreachable")
-
-    # --- writing ----------------------------------------------------------------------------------
-
-    def append(self, records: Iterable[tuple[int, Event]], checkpoint: tuple[int, str] | None = None) -> int:
-        """Append ``(seq, event)`` records in one transaction; returns the last durable seq.
-
-        Seqs must continue the log without a gap. ``checkpoint`` (seq, state hash) is stored in the
-        same transaction. On any error nothing of the batch is written. A lost connection is a
-        StoreUnavailable; the batch may then have committed, so the next append skips the rows the
-        log already holds with the same payloads (and only then: otherwise an overlap is refused).
-        """
-        if self.readonly:
-            raise ValidationError(f"{self.path} is open read-only")
-        rows = encode_rows(records)
-        conn = self._live()
+        A lost connection is a StoreUnavailable and leaves the log in doubt until a write commits."""
+        conn = self.session.live()
         try:
             with conn.transaction():
-                # one writer at a time; readers are not blocked
                 conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._events))
-                last = _max_seq(conn, self._events)
-                if self._in_doubt:
-                    rows = self._not_yet_logged(conn, rows, last)
-                check_continues(rows, last, checkpoint)
-                if rows:
-                    with (
-                        conn.cursor() as cur,
-                        cur.copy(
-                            sql.SQL("COPY {} (seq, ts_ns, type, is_input, payload) FROM STDIN").format(self._events)
-                        ) as copy,
-                    ):
-                        for row in rows:
-                            copy.write_row(row)
-                if checkpoint is not None:
-                    cseq, chash = checkpoint
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            sql.SQL("UPDATE {} SET value = %s WHERE key = %s").format(self._meta),
-                            [(str(cseq).encode(), "checkpoint_seq"), (chash.encode(), "checkpoint_hash")],
-                        )
+                yield PgTransaction(conn, self._render, self._events)
         except psycopg.Error as e:
             if connection_lost(conn, e):
-                self._in_doubt = True
-                raise self._lost(e) from None
+                self.in_doubt = True
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise self._lost(self.session.why(e)) from None
             raise
-        self._in_doubt = False
-        return last + len(rows)
+        self.in_doubt = False
 
-    def _not_yet_logged(self, conn: psycopg.Connection[Any], rows: list[Row], last: int) -> list[Row]:
-        """``rows`` less the leading ones the log already holds, byte for byte (an earlier commit's)."""
-        if not rows or rows[0][0] > last:
-            return rows
-        k = min(last - rows[0][0] + 1, len(rows))
-        held = conn.execute(
-            sql.SQL("SELECT seq, payload FROM {} WHERE seq BETWEEN %s AND %s ORDER BY seq").format(self._events),
-            (rows[0][0], rows[k - 1][0]),
-        ).fetchall()
-        if [(int(q), bytes(p)) for q, p in held] == [(r[0], r[4]) for r in rows[:k]]:
-            return rows[k:]
-        return rows
-
-    # --- reading ----------------------------------------------------------------------------------
-
-    def last_seq(self) -> int:
-        """The last committed seq (0 for an empty log)."""
-        return self._query(lambda c: _max_seq(c, self._events))
-
-    def count(self, inputs_only: bool = False) -> int:
-        q = sql.SQL("SELECT COUNT(*) FROM {}" + (" WHERE is_input" if inputs_only else "")).format(self._events)
-        return self._query(lambda c: _one(c.execute(q).fetchone()))
-
-    def checkpoint(self) -> tuple[int, str]:
-        """The stored (seq, state hash) checkpoint."""
-        q = sql.SQL("SELECT key, value FROM {} WHERE key IN ('checkpoint_seq', 'checkpoint_hash')").format(self._meta)
-        meta = {k: bytes(v) for k, v in self._query(lambda c: c.execute(q).fetchall())}
-        return int(meta["checkpoint_seq"]), meta["checkpoint_hash"].decode()
-
-    def read_dicts(self, from_seq: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yield ``(seq, event dict)`` for every record with ``seq >= from_seq``, in seq order.
-
-        Checks each row's columns agree with its payload; a bad row is a LogCorruptError naming its seq.
-        Reads one page of rows at a time (by seq), so memory does not grow with the log.
-        """
-        q = sql.SQL("SELECT seq, ts_ns, type, is_input, payload FROM {} WHERE seq >= %s ORDER BY seq LIMIT %s").format(
-            self._events
-        )
+    def pages(self, from_seq: int, size: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Keyset pagination by seq: each page is one query (read again on a new connection if need be)."""
         nxt = from_seq
         while True:
-            rows = self._query(functools.partial(_page, q, (nxt, self._PAGE)))
+            rows = self.fetch(
+                "SELECT seq, ts_ns, type, is_input, payload FROM {events} WHERE seq >= ? ORDER BY seq LIMIT ?",
+                (nxt, size),
+            )
             if not rows:
                 return
-            for seq, ts_ns, typ, is_input, payload in rows:
-                try:
-                    d = orjson.loads(payload)
-                except (orjson.JSONDecodeError, TypeError) as e:
-                    raise LogCorruptError(f"{self.path}: seq {seq}: payload is not valid JSON ({e})") from None
-                cls = EVENT_TYPES.get(typ)
-                if (
-                    not isinstance(d, dict)
-                    or d.get("type") != typ
-                    or d.get("ts_ns") != ts_ns
-                    or cls is None
-                    or bool(cls.is_input) != bool(is_input)
-                ):
-                    raise LogCorruptError(f"{self.path}: seq {seq}: columns disagree with the payload")
-                yield seq, d
-            if len(rows) < self._PAGE:
+            yield rows
+            if len(rows) < size:
                 return
             nxt = rows[-1][0] + 1
-
-    def read(self, from_seq: int = 0) -> Iterator[tuple[int, Event]]:
-        """Yield ``(seq, event)`` for every record with ``seq >= from_seq``, in seq order."""
-        for seq, d in self.read_dicts(from_seq):
-            try:
-                yield seq, event_from_dict(d)
-            except (ValidationError, TypeError) as e:
-                raise LogCorruptError(f"{self.path}: seq {seq}: {e}") from None
-
-    def payload_at(self, seq: int) -> bytes | None:
-        q = sql.SQL("SELECT payload FROM {} WHERE seq = %s").format(self._events)
-        row = self._query(lambda c: c.execute(q, (seq,)).fetchone())
-        return None if row is None else bytes(row[0])
 
     def setting(self, name: str) -> str:
         """A server setting as this session sees it (``SHOW name``), e.g. ``synchronous_commit``."""
         q = sql.SQL("SHOW {}").format(sql.Identifier(name))
-        return str(self._query(lambda c: c.execute(q).fetchone() or ("",))[0])
+        return str(self.session.run(lambda c: c.execute(q).fetchone() or ("",), self._lost)[0])
 
     def check_store(self) -> list[str]:
-        """What is wrong with the log's own tables, beyond what a replay reads (empty: nothing found).
-
-        PostgreSQL keeps its pages consistent itself; these are sanity queries: the meta keys, and the
-        events table's primary key holding every seq from 1 to the last exactly once.
-        """
+        """PostgreSQL keeps its pages consistent itself; these are sanity queries: the meta keys, and the
+        events table's primary key holding every seq from 1 to the last exactly once."""
         problems: list[str] = []
-        q = sql.SQL("SELECT key FROM {}").format(self._meta)
-        keys = {str(r[0]) for r in self._query(lambda c: c.execute(q).fetchall())}
-        missing = {"magic", "schema_version", "config", "checkpoint_seq", "checkpoint_hash"} - keys
+        keys = {str(r[0]) for r in self.fetch("SELECT key FROM {meta}")}
+        missing = set(META_KEYS) - keys
         if missing:
             problems.append(f"{self.path}: meta lacks {', '.join(sorted(missing))}")
-        q = sql.SQL(
-            "SELECT COUNT(*), COUNT(DISTINCT seq), COALESCE(MIN(seq), 1), COALESCE(MAX(seq), 0) FROM {}"
-        ).format(self._events)
-        n, distinct, lo, hi = self._query(lambda c: c.execute(q).fetchone() or (0, 0, 1, 0))
+        q = "SELECT COUNT(*), COUNT(DISTINCT seq), COALESCE(MIN(seq), 1), COALESCE(MAX(seq), 0) FROM {events}"
+        n, distinct, lo, hi = (self.fetch(q) or [(0, 0, 1, 0)])[0]
         if not (n == distinct == hi - lo + 1 and lo == 1) and n:
             problems.append(f"{self.path}: events hold {n} rows ({distinct} distinct seqs) for seqs {lo}..{hi}")
         return problems
 
 
-def _page(q: sql.Composed, args: tuple[int, int], conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    return conn.execute(q, args).fetchall()
+class PgTransaction:
+    """The statements of one write transaction on PostgreSQL (on its connection, never retried)."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], render: Callable[[str], sql.Composed], events: sql.Identifier
+    ) -> None:
+        self._conn, self._render, self._events = conn, render, events
+
+    def fetch(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(self._render(query), args).fetchall()
+
+    def executemany(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(self._render(query), rows)
+
+    def insert_events(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        with (
+            self._conn.cursor() as cur,
+            cur.copy(sql.SQL("COPY {} (seq, ts_ns, type, is_input, payload) FROM STDIN").format(self._events)) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
 
 
-def _max_seq(conn: psycopg.Connection[Any], events: sql.Identifier) -> int:
-    return _one(conn.execute(sql.SQL("SELECT COALESCE(MAX(seq), 0) FROM {}").format(events)).fetchone())
+class PgEventLog(EventLog):
+    """The event log in one PostgreSQL schema: :class:`EventLog` over a :class:`PgDatabase`; its
+    :meth:`create` and :meth:`open` take a ``postgresql://`` URL."""
 
-
-def _one(row: tuple[Any, ...] | None) -> int:
-    assert row is not None
-    return int(row[0])
+    dialect = PgDatabase
+    exists = staticmethod(PgDatabase.exists)
 
 
 def _tables(conn: psycopg.Connection[Any], schema: str) -> set[str]:

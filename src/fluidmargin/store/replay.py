@@ -12,7 +12,7 @@ import orjson
 from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model.events import EVENT_TYPES, Event, event_from_dict
-from fluidmargin.store.log import LogCorruptError, encode_event
+from fluidmargin.store.records import LogCorruptError, encode_event
 
 if TYPE_CHECKING:
     from fluidmargin.store.backend import LogBackend

@@ -10,7 +10,7 @@ from fluidmargin.engine.engine import Engine
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.model.events import Event
 from fluidmargin.store.backend import LogBackend, create_log, describe, log_exists, open_log
-from fluidmargin.store.log import StoreUnavailable, loggable_payload
+from fluidmargin.store.records import StoreUnavailable, loggable_payload
 from fluidmargin.store.replay import ReplayMismatch, replay
 from fluidmargin.store.snapshot import load_latest, write_snapshot
 
@@ -62,6 +62,11 @@ class Runner:
         self._buffer: list[tuple[int, Event]] = []
         self._failed: BaseException | None = None
         self._closed = False
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The engine error that stopped this runner (None while it runs)."""
+        return self._failed
 
     @classmethod
     def open_or_create(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fluidmargin.engine.engine import Engine
-from fluidmargin.store.log import LogCorruptError
+from fluidmargin.store.records import LogCorruptError
 from fluidmargin.store.replay import ReplayMismatch, replay
 from fluidmargin.store.snapshot import load_latest
 
