@@ -25,7 +25,7 @@ from websockets.uri import parse_uri
 
 from fluidmargin.model.config import BackstopSpec
 from fluidmargin.service import ServiceSettings, create_app
-from fluidmargin.service.streams import CHANNELS
+from fluidmargin.service.stream_wire import CHANNELS
 from fluidmargin.service.testing import ServerThread
 from fluidmargin.sim.venues import waterfall_venue
 

@@ -33,7 +33,9 @@ from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
 from fluidmargin.sim import evaluate as evl
 from fluidmargin.sim.candles import load_candles
+from fluidmargin.sim.dynamic import EwmaMargin, EwmaParams
 from fluidmargin.sim.scenarios import PopulationSpec, Scenario
+from fluidmargin.sim.venues import replay_venue
 from support.data import shared_path
 
 CRASH = "binance_spot_1m_2021-04-20_to_2021-05-20_crash_2021-05-19"
@@ -166,7 +168,7 @@ def test_cli_json_matches_the_raw_events(cli_runs: tuple[Path, list[subprocess.C
         assert tuple(g) == KEYS
         for k in ("bad_debt", "insurance_fund_draws", "liquidated_notional", "avg_requirement", "p95_requirement"):
             assert isinstance(g[k], str) and Decimal(g[k]).is_finite()
-        cfg = evl.replay_venue(candles, "waterfall", preset=name, insurance_usd=INSURANCE_USD)
+        cfg = replay_venue(candles, "waterfall", preset=name, insurance_usd=INSURANCE_USD)
         raw = _raw_figures(cfg, candles, step)
         assert raw["n"] == LIMIT
         assert Decimal(g["bad_debt"]) == _usd(raw["bad"]), name
@@ -307,7 +309,7 @@ def _candle(i: int, close: float, prev: float) -> evl.ClosedCandle:
     return evl.ClosedCandle("BTC", "BTC-PERP", t, (t + 60_000) * 10**6, prev, max(prev, close), min(prev, close), close)
 
 
-def _feed(m: evl.EwmaMargin, closes: list[float]) -> list[tuple[int, evl.ParameterChange]]:
+def _feed(m: EwmaMargin, closes: list[float]) -> list[tuple[int, evl.ParameterChange]]:
     out = []
     for i in range(1, len(closes)):
         c = _candle(i, closes[i], closes[i - 1])
@@ -316,7 +318,7 @@ def _feed(m: evl.EwmaMargin, closes: list[float]) -> list[tuple[int, evl.Paramet
 
 
 def test_ewma_rate_formula() -> None:
-    m = evl.EwmaMargin()
+    m = EwmaMargin()
     # z sigma sqrt(h): 4 x 1 % a minute x sqrt(300 s / 60 s) = 4 x 0.0223607 = 8.944272 %
     assert m.target_ppm(0.01**2 / 60) == 89_443
     assert m.target_ppm(0.0) == 5_000  # the floor
@@ -327,9 +329,9 @@ def test_ewma_follows_volatility_within_its_limits() -> None:
     calm = [100.0 * (1 + 0.0001 * (i % 2)) for i in range(120)]
     wild = [100.0 * (1 + 0.01 * (i % 2)) for i in range(120)]
     closes = calm + wild + calm + calm
-    p = evl.EwmaParams()
-    changes = _feed(evl.EwmaMargin(p), closes)
-    assert changes == _feed(evl.EwmaMargin(p), closes)  # deterministic
+    p = EwmaParams()
+    changes = _feed(EwmaMargin(p), closes)
+    assert changes == _feed(EwmaMargin(p), closes)  # deterministic
     mm = [(t, c.value) for t, c in changes if c.name == evl.MAINTENANCE_PARAMETER]
     im = [c.value for _t, c in changes if c.name == evl.INITIAL_PARAMETER]
     assert im == [2 * v for _t, v in mm]  # initial = k x maintenance
@@ -404,7 +406,7 @@ def test_dynamic_changes_are_logged_engine_events() -> None:
 
 
 def test_dynamic_ewma_runs_and_moves_the_rates_through_logged_events(tmp_path: Path) -> None:
-    assert all(Engine.is_market_parameter(p) for p in evl.EwmaMargin.parameters)
+    assert all(Engine.is_market_parameter(p) for p in EwmaMargin.parameters)
     r = _invoke(_args(tmp_path / "f.png", "--json", "--configs", "binance,dynamic-ewma", limit=240, accounts=100))
     assert r.exit_code == 0, r.output
     assert tuple(json.loads(r.stdout)) == ("binance", "dynamic-ewma")

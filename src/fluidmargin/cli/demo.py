@@ -8,10 +8,12 @@ from typing import Annotated
 
 import typer
 
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
+from fluidmargin.cli.common import execute, one_of, print_summary
 from fluidmargin.core.errors import FluidMarginError
 from fluidmargin.sim import report
-from fluidmargin.sim.scenarios import CrashParams, PopulationSpec, Scenario, crash_candles
+from fluidmargin.sim.scenarios import LIQUIDATIONS, CrashParams, PopulationSpec, Scenario, crash_candles
+from fluidmargin.sim.venues import replay_venue
 
 
 @app.command()
@@ -28,19 +30,15 @@ def demo(
     ] = "close_at_mark",
 ) -> None:
     """A seeded BTC/ETH crash (-35 %/-42 % over four hours, partial rebound) against 20k accounts."""
-    from fluidmargin.cli.replay import _store_runner, execute, print_summary, replay_venue  # main imports this
-
+    one_of("liquidation", liquidation, LIQUIDATIONS)
     candles = crash_candles(seed, CrashParams(days=days))
     config = replay_venue(candles, liquidation)  # close_at_mark: perp_venue(("BTC", "ETH")), the default venue
     scenario = Scenario(config, candles, None, PopulationSpec(accounts, seed), path="close", name="crash demo")
-    log = out / "events.sqlite" if _store_runner() is not None else None
     try:
-        result = execute(scenario, log, quiet=as_json, fresh_log=True)
+        result = execute(scenario, out / "events.sqlite", quiet=as_json, fresh_log=True)
     except FluidMarginError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    if log is None:
-        result.summary["log"] = "none (fluidmargin.store unavailable)"
     chart = report.write_chart(result, out / "chart.png", f"crash demo (seed {seed}, {accounts} accounts)")
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
     print_summary(result, "fluidmargin demo: crash", as_json, chart)

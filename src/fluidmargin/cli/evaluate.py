@@ -14,14 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
+from fluidmargin.cli.common import err, one_of, parse_time_ms
 from fluidmargin.core.errors import FluidMarginError
 from fluidmargin.core.units import QUOTE_DECIMALS
 from fluidmargin.sim import evaluate as evl
 from fluidmargin.sim import report
 from fluidmargin.sim.scenarios import LIQUIDATIONS, PATHS
-
-err = Console(stderr=True)
 
 
 def _usd(q: int) -> str:
@@ -73,13 +72,9 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object keyed by configuration")] = False,
 ) -> None:
     """Replay DATA under each margin configuration: bad debt, fund draws, ADL, liquidations, requirement."""
-    from fluidmargin.cli.replay import parse_time_ms  # main imports this module while replay may be loading
-
     names = [c.strip() for c in configs.split(",") if c.strip()]
-    if liquidation not in LIQUIDATIONS:
-        raise typer.BadParameter(f"--liquidation must be one of {', '.join(LIQUIDATIONS)}")
-    if path not in PATHS:
-        raise typer.BadParameter(f"--path must be one of {', '.join(PATHS)}")
+    one_of("liquidation", liquidation, LIQUIDATIONS)
+    one_of("path", path, PATHS)
     try:
         start_ms = parse_time_ms(start) if start else None
         datasets = evl.load_datasets(data, start_ms, limit)

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
 from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.risk.stats import forecast as fc
 from fluidmargin.sim.candles import Candles, asset_from_path, load_candles, load_funding

@@ -22,9 +22,10 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
 from fluidmargin.core.errors import FluidMarginError, InputFileError, ValidationError
 from fluidmargin.model.config import GapRiskSpec
+from fluidmargin.risk.stats import jumps
 from fluidmargin.sim.candles import Candles, load_candles
 
 MODELS = ("merton", "kou")
@@ -71,8 +72,6 @@ def fit_file(
     path: Path, model: str, start_ms: int | None, limit: int | None, horizon_s: str, target: str, min_obs: int
 ) -> dict[str, Any]:
     """Fit one file; the result as JSON-ready values (decimal strings for every number)."""
-    from fluidmargin.risk.stats import jumps
-
     c = load_candles(path)
     if start_ms is not None or limit is not None:
         c = c.window(start_ms, limit)

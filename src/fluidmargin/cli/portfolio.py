@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from fluidmargin.adapters.derive import DeriveCaseError, parse_derive_case_text
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
 from fluidmargin.core.errors import ValidationError
 from fluidmargin.risk.options.portfolio import PortfolioMarginParams, PortfolioMarginResult, portfolio_margin
 

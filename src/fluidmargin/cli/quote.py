@@ -12,7 +12,7 @@ import json
 import sys
 
 from fluidmargin.adapters.quote import quote_line
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
 
 
 @app.command("quote")

@@ -13,13 +13,17 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
 from fluidmargin.core.errors import FluidMarginError
+from fluidmargin.model import events as ev
+from fluidmargin.sim.scenarios import CrashParams, PopulationSpec, Scenario, crash_candles
+from fluidmargin.sim.venues import replay_venue
+from fluidmargin.store.backend import DB_ENV, shows_password, target_from
 
 
 def admin_key(path: Path) -> tuple[str, bool]:
     """The admin key in ``path`` (created, readable by its owner only, when missing): (key, created)."""
-    from fluidmargin.service.auth import new_secret
+    from fluidmargin.service.auth import new_secret  # the service (FastAPI) loads on use: a fast --help
 
     if path.exists():
         key = path.read_text().strip()
@@ -108,9 +112,9 @@ def serve(
     """Serve the API: accounts, margin, fills, what-if, prices, auctions, vault, metrics, streams, dashboard."""
     import uvicorn
 
+    # lazy: the service (FastAPI, uvicorn) loads only when served, so other commands and --help stay fast
     from fluidmargin.service import ServiceSettings, create_app
-    from fluidmargin.service.storage import load_config
-    from fluidmargin.store.backend import DB_ENV, shows_password, target_from
+    from fluidmargin.service.storage import load_config  # lazy, as above
 
     if shows_password(db):
         typer.echo(f"warning: the password in --db shows in the process list; use --db-file or ${DB_ENV}", err=True)
@@ -159,7 +163,7 @@ def serve(
         feeder.attach(api)
     else:
         typer.echo(f"dashboard: http://{host}:{port}/#key=<API key>")
-    from fluidmargin.service.limits import http_protocol
+    from fluidmargin.service.limits import http_protocol  # (lazy with the service, above)
 
     uvicorn.run(
         api,
@@ -184,9 +188,6 @@ class DemoFeeder:
     """
 
     def __init__(self, accounts: int, seed: int, days: float, speed: float) -> None:
-        from fluidmargin.cli.replay import replay_venue
-        from fluidmargin.sim.scenarios import CrashParams, PopulationSpec, Scenario, crash_candles
-
         candles = crash_candles(seed, CrashParams(days=days))
         self.config = replay_venue(candles, "waterfall")
         self.scenario = Scenario(
@@ -224,8 +225,6 @@ class DemoFeeder:
             typer.echo(f"demo: stopped: {e!r}", err=True)
 
     async def _feed(self, worker: Any) -> None:
-        from fluidmargin.model import events as ev
-
         applied = await worker.read(lambda eng: eng.now_ns)
         total = self.scenario.count()
         t0 = self.scenario.span_ns[0]

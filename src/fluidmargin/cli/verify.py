@@ -8,7 +8,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from fluidmargin.cli.main import app
+from fluidmargin.cli.app import app
 from fluidmargin.core.errors import FluidMarginError
 from fluidmargin.store.backend import DB_ENV, open_log, shows_password, target_from
 from fluidmargin.store.verify import verify_log
@@ -39,7 +39,7 @@ def verify_log_cmd(
 ) -> None:
     """Check the store (every table the service keeps in it), replay LOG from empty and check every output;
     print one JSON line. Exit 0 ok, 1 a check failed (also one `error:` line on stderr), 2 unreadable store."""
-    from fluidmargin.service.storage import check_service_tables
+    from fluidmargin.service.storage import check_service_tables  # the service package loads on use: a fast --help
 
     try:
         target = target_from(log, db_file, name="LOG")

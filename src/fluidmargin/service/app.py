@@ -35,11 +35,14 @@ from fluidmargin.service import (
 from fluidmargin.service.auth import KeyRegistry, RateLimiter, require
 from fluidmargin.service.codec import FieldError
 from fluidmargin.service.deps import EngineRejected, Service, errors, rejection_status, visible_events
+from fluidmargin.service.errors import IdempotencyMismatch, WorkerUnavailable
 from fluidmargin.service.fastpath import FastPath
 from fluidmargin.service.limits import Limits, RequestGuard
 from fluidmargin.service.metrics import Metrics, RequestTimer
+from fluidmargin.service.roles import SEE_ALL
 from fluidmargin.service.schemas import Healthz
-from fluidmargin.service.worker import EngineWorker, IdempotencyMismatch, ReadFairness, WorkerUnavailable
+from fluidmargin.service.stream_hub import StreamHub
+from fluidmargin.service.worker import EngineWorker, ReadFairness
 from fluidmargin.store.backend import describe
 
 API_VERSION = "1"
@@ -110,7 +113,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         keys.ensure_admin(settings.admin_key)
     svc = Service(worker, keys, RateLimiter(settings.rate_per_s, settings.burst), metrics, config)
     svc.max_sub_accounts = settings.max_sub_accounts
-    hub = streams.StreamHub(svc, settings.db)  # WebSocket streams: fed by the worker after each commit
+    hub = StreamHub(svc, settings.db)  # WebSocket streams: fed by the worker after each commit
     worker.add_commit_listener(hub.on_commit)
 
     @asynccontextmanager
@@ -138,6 +141,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.svc = svc
     app.state.hub = hub
+    app.state.publisher = streams.Publisher(svc)
     _handlers(app)
     for r in (routes_accounts, routes_market, routes_options, routes_waterfall, routes_admin):
         app.include_router(r.router)
@@ -181,7 +185,7 @@ def _system_routes(app: FastAPI, svc: Service, public_metrics: bool = False) -> 
             200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"},
             **({} if public_metrics else errors(403)),
         },
-        dependencies=[] if public_metrics else [require("admin", "venue")],  # public: `serve --public-metrics`
+        dependencies=[] if public_metrics else [require(*SEE_ALL)],  # public: `serve --public-metrics`
     )
     async def metrics_endpoint() -> Response:
         with suppress(WorkerUnavailable):

@@ -5,11 +5,11 @@ their SHA-256, in a key registry: tables in the event log's own store (the SQLit
 PostgreSQL schema; see :mod:`fluidmargin.service.storage`). The same tables hold the sub-account
 links (child -> parent); the engine knows nothing of sub-accounts.
 
-Roles: ``admin`` (everything; creates keys), ``venue`` (the venue's matching engine and custody: opens
-accounts, posts fills, reports deposits and withdrawals, reads any account, never prices), ``account``
-(its own accounts and their sub-accounts only; it may ask for a withdrawal, never credit itself),
-``publisher`` (only publishes prices, under the source name of its key). README.md's "Roles" table is
-the whole model; tests/test_service_auth.py checks the server against it.
+Roles (:mod:`fluidmargin.service.roles`): ``admin`` (everything; creates keys), ``venue`` (the venue's
+matching engine and custody: opens accounts, posts fills, reports deposits and withdrawals, reads any
+account, never prices), ``account`` (its own accounts and their sub-accounts only; it may ask for a
+withdrawal, never credit itself), ``publisher`` (only publishes prices, under the source name of its key).
+README.md's "Roles" table is the whole model; tests/service/test_service_auth.py checks the server against it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator
 
 from fluidmargin.service.codec import canonical_int
+from fluidmargin.service.roles import ACCOUNT, ADMIN, PUBLISHERS, ROLES, SEE_ALL
+from fluidmargin.service.storage import ServiceTables
 
-ROLES = ("admin", "venue", "account", "publisher")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
@@ -94,8 +95,6 @@ class KeyRegistry:
     """
 
     def __init__(self, target: str | FilePath) -> None:
-        from fluidmargin.service.storage import ServiceTables
-
         self.target = target
         self._lock = threading.Lock()
         self._db = ServiceTables(target, durable=True)
@@ -208,10 +207,10 @@ class KeyRegistry:
         without it, on the admin keys made since; a new key file makes a new admin key."""
         rec = self._by_hash.get(hash_key(secret))
         if rec is not None:
-            if rec.role != "admin":
+            if rec.role != ADMIN:
                 raise ValueError(f"the admin key file holds a {rec.role} key, not an admin key")
             return rec
-        return self._insert(secret, "admin", name, (), None, None, None)
+        return self._insert(secret, ADMIN, name, (), None, None, None)
 
     def lookup(self, secret: str) -> KeyRecord | None:
         rec = self._by_hash.get(hash_key(secret))
@@ -230,7 +229,7 @@ class KeyRegistry:
             if rec is None:
                 return None
             others = (r for r in self._by_id.values() if r.key_id != key_id)
-            if rec.role == "admin" and not rec.revoked and not any(r.role == "admin" and not r.revoked for r in others):
+            if rec.role == ADMIN and not rec.revoked and not any(r.role == ADMIN and not r.revoked for r in others):
                 raise LastAdminKey("the last active admin key cannot be revoked: create another admin key first")
             self._db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
             new = dataclasses.replace(rec, revoked=True)
@@ -319,33 +318,53 @@ class Principal:
     def role(self) -> str:
         return self.key.role
 
+    @property
+    def source(self) -> str:
+        """The source prices and vols published with this key carry: the key's own, or ``admin:<key id>``
+        for an admin key without one; empty when it has none (the key may not publish)."""
+        return self.key.source or (f"admin:{self.key.key_id}" if self.role == ADMIN else "")
+
+    def check_role(self, roles: tuple[str, ...]) -> None:
+        """403 unless this key holds one of ``roles``."""
+        if self.role not in roles:
+            raise HTTPException(403, f"the {self.role} role may not use this endpoint")
+
     def may_touch(self, account_id: int) -> bool:
-        if self.role in ("admin", "venue"):
+        if self.role in SEE_ALL:
             return True
-        if self.role != "account":
+        if self.role != ACCOUNT:
             return False
         scope = self.key.account_ids
         return account_id in scope or any(a in scope for a in self.registry.ancestors(account_id))
 
+    def may_see_all(self, account_ids: Iterable[int]) -> bool:
+        """Whether this key may see what concerns every one of ``account_ids``."""
+        return self.role in SEE_ALL or (self.role == ACCOUNT and all(self.may_touch(i) for i in account_ids))
+
     def sees(self, event: dict[str, Any]) -> bool:
         """Whether this key may see a wire event: admin and venue all; an account key those of its own
         accounts (and events of no account); a publisher only events of no account."""
-        if self.role in ("admin", "venue"):
+        if self.role in SEE_ALL:
             return True
-        ids: list[int] = []
-        for f in ("account_id", "account_ids", "bankrupt_account_id"):
-            v = event.get(f)
-            if isinstance(v, list):
-                ids.extend(v)
-            elif isinstance(v, int):
-                ids.append(v)
-        ids = [i for i in ids if i >= 0]  # -1: no account
-        return not ids or (self.role == "account" and all(self.may_touch(i) for i in ids))
+        ids = event_account_ids(event)
+        return not ids or self.may_see_all(ids)
 
     def check_account(self, account_id: int) -> None:
         """403 unless this key may act on ``account_id`` (its own, or a sub-account of its own)."""
         if not self.may_touch(account_id):
             raise HTTPException(403, f"this key may not act on account {account_id}")
+
+
+def event_account_ids(event: dict[str, Any]) -> list[int]:
+    """The accounts a wire event names (``-1``, no account, left out)."""
+    out: list[int] = []
+    for f in ("account_id", "account_ids", "bankrupt_account_id"):
+        v = event.get(f)
+        if isinstance(v, list):
+            out.extend(i for i in v if isinstance(i, int) and i >= 0)
+        elif isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            out.append(v)
+    return out
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer fm_...`")
@@ -376,8 +395,7 @@ def require(*roles: str) -> Any:
     """A dependency: the caller, who must hold one of ``roles`` (else 403)."""
 
     async def dep(p: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if p.role not in roles:
-            raise HTTPException(403, f"the {p.role} role may not use this endpoint")
+        p.check_role(roles)
         return p
 
     return Depends(dep)
@@ -390,9 +408,14 @@ def require_account(*roles: str) -> Any:
     """
 
     async def dep(account_id: AccountPath, p: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if p.role not in roles:
-            raise HTTPException(403, f"the {p.role} role may not use this endpoint")
+        p.check_role(roles)
         p.check_account(account_id)
         return p
 
     return Depends(dep)
+
+
+# the role checks several routers share
+ANYONE = require(*ROLES)
+ADMINS = require(ADMIN)
+PUBLISHING = require(*PUBLISHERS)

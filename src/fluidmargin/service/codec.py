@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.core.units import FUNDING_DECIMALS, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, parse_decimal
+from fluidmargin.core.units import FUNDING_DECIMALS, PPM, PRICE_DECIMALS, QUOTE_DECIMALS, Rounding, parse_decimal
 from fluidmargin.core.units import format_decimal as fmt
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
@@ -57,6 +57,14 @@ def to_quantums(text: str, decimals: int, field: str, *, positive: bool = False,
     if positive and lo == 0:
         raise FieldError(field, f"{text!r} must be non-zero" if signed else f"{text!r} must be positive")
     return lo
+
+
+def confidence_ppm(text: str) -> int:
+    """A published price's or vol's confidence, a decimal from 0 to 1 (six decimals), in ppm."""
+    conf = to_quantums(text, 6, "confidence")
+    if conf > PPM:
+        raise FieldError("confidence", "must be between 0 and 1")
+    return conf
 
 
 # --- strict reading of JSON bodies, path and query integers ------------------------------------------------

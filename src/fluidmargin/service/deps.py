@@ -46,6 +46,15 @@ async def get_svc(request: Request) -> Service:
 
 
 Svc = Annotated[Service, Depends(get_svc)]  # a route's service parameter
+
+
+def publisher_source(p: Principal) -> str:
+    """The source name the key publishes under (:attr:`Principal.source`); 403 when it has none."""
+    if not p.source:
+        raise HTTPException(403, "this publisher key has no source name")
+    return p.source
+
+
 StrictInt = BeforeValidator(canonical_int)  # for a query integer: Annotated[int, Query(...), StrictInt]
 StrictBool = BeforeValidator(strict_bool)  # for a query flag: true or false
 

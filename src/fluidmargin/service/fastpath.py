@@ -28,6 +28,7 @@ from fluidmargin.service import routes_accounts as ra
 from fluidmargin.service.auth import Principal
 from fluidmargin.service.codec import loads_json
 from fluidmargin.service.deps import Service, result_body, submit
+from fluidmargin.service.roles import OWNERS, SEE_ALL
 from fluidmargin.service.schemas import Fill, Transfer
 
 Message = dict[str, Any]
@@ -39,9 +40,9 @@ _PATH = re.compile(r"/v1/accounts/(0|[1-9][0-9]{0,18})/(deposits|withdrawals|fil
 _IDEM = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_BODY = 16 * 1024  # larger bodies are the app's to judge (none of these routes needs one)
 _ROUTES: dict[str, tuple[type[BaseModel], tuple[str, ...], Callable[[int, Any], tuple[Any, Any]], str]] = {
-    "deposits": (Transfer, ra.VENUE_ROLES, ra.deposit_input, "/v1/accounts/{account_id}/deposits"),
-    "withdrawals": (Transfer, ra.OWNER_ROLES, ra.withdrawal_input, "/v1/accounts/{account_id}/withdrawals"),
-    "fills": (Fill, ra.VENUE_ROLES, ra.fill_input, "/v1/accounts/{account_id}/fills"),
+    "deposits": (Transfer, SEE_ALL, ra.deposit_input, "/v1/accounts/{account_id}/deposits"),
+    "withdrawals": (Transfer, OWNERS, ra.withdrawal_input, "/v1/accounts/{account_id}/withdrawals"),
+    "fills": (Fill, SEE_ALL, ra.fill_input, "/v1/accounts/{account_id}/fills"),
 }
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 

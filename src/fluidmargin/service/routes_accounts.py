@@ -30,6 +30,7 @@ from fluidmargin.service.deps import (
     submit,
     write,
 )
+from fluidmargin.service.roles import OWNERS, SEE_ALL
 from fluidmargin.service.schemas import (
     AccountCreate,
     AccountCreated,
@@ -44,11 +45,9 @@ from fluidmargin.service.schemas import (
 from fluidmargin.service.worker import Build
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=StrictJSONRoute)
-OWNER_ROLES = ("admin", "venue", "account")
-VENUE_ROLES = ("admin", "venue")
-OPENERS = require(*VENUE_ROLES)
-VENUE_ON = require_account(*VENUE_ROLES)  # on the path's account
-OWNER_OF = require_account(*OWNER_ROLES)  # on the path's account, in the key's scope
+OPENERS = require(*SEE_ALL)
+VENUE_ON = require_account(*SEE_ALL)  # on the path's account
+OWNER_OF = require_account(*OWNERS)  # on the path's account, in the key's scope
 
 
 def _next_id(svc: Service, eng: Engine, wanted: int | None) -> int:

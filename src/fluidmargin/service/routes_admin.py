@@ -8,13 +8,13 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
-from fluidmargin.service.auth import KeyRecord, LastAdminKey, Principal, require
+from fluidmargin.service.auth import ADMINS, KeyRecord, LastAdminKey, Principal
 from fluidmargin.service.codec import FieldError, render_event
 from fluidmargin.service.deps import IdempotencyKey, StrictInt, StrictJSONRoute, Svc, errors, write
+from fluidmargin.service.roles import ACCOUNT, PUBLISHER
 from fluidmargin.service.schemas import EventsPage, KeyCreate, KeyCreated, KeyOut, WriteResult
 
 router = APIRouter(prefix="/v1", tags=["admin"], route_class=StrictJSONRoute)
-ADMIN = require("admin")
 
 
 def key_out(rec: KeyRecord) -> dict[str, Any]:
@@ -38,19 +38,19 @@ def key_out(rec: KeyRecord) -> dict[str, Any]:
     responses=errors(403),
     summary="Create an API key (the key is in this answer only)",
 )
-async def create_key(body: KeyCreate, svc: Svc, p: Annotated[Principal, ADMIN]) -> dict[str, Any]:
-    if body.role == "publisher" and not body.source:
+async def create_key(body: KeyCreate, svc: Svc, p: Annotated[Principal, ADMINS]) -> dict[str, Any]:
+    if body.role == PUBLISHER and not body.source:
         raise FieldError("source", "a publisher key needs a source name")
-    if body.role == "account" and not body.account_ids:
+    if body.role == ACCOUNT and not body.account_ids:
         raise FieldError("account_ids", "an account key needs account_ids")
-    if body.role != "account" and body.account_ids:
+    if body.role != ACCOUNT and body.account_ids:
         raise FieldError("account_ids", "only account keys are scoped to account_ids")
     rec, secret = svc.keys.create(body.role, body.name, body.account_ids, body.source, body.rate_per_s, body.burst)
     return {**key_out(rec), "api_key": secret}
 
 
 @router.get("/keys", response_model=list[KeyOut], responses=errors(403), summary="Every key (never the secrets)")
-async def list_keys(svc: Svc, p: Annotated[Principal, ADMIN]) -> list[dict[str, Any]]:
+async def list_keys(svc: Svc, p: Annotated[Principal, ADMINS]) -> list[dict[str, Any]]:
     return [key_out(r) for r in svc.keys.all_keys()]
 
 
@@ -61,7 +61,7 @@ async def list_keys(svc: Svc, p: Annotated[Principal, ADMIN]) -> list[dict[str, 
     summary="Revoke a key (never the last active admin key)",
 )
 async def revoke_key(
-    key_id: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ADMIN]
+    key_id: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ADMINS]
 ) -> dict[str, Any]:
     try:
         rec = svc.keys.revoke(key_id)
@@ -75,7 +75,7 @@ async def revoke_key(
 @router.get("/events", response_model=EventsPage, responses=errors(403), summary="Durable log records after a seq")
 async def events(
     svc: Svc,
-    p: Annotated[Principal, ADMIN],
+    p: Annotated[Principal, ADMINS],
     after: Annotated[int, Query(ge=0, le=2**62), StrictInt] = 0,
     limit: Annotated[int, Query(ge=1, le=1000), StrictInt] = 100,
 ) -> dict[str, Any]:
@@ -100,5 +100,5 @@ async def events(
     responses=errors(403, 409),
     summary="Advance event time to now: accrue funding, poll auctions, re-margin",
 )
-async def tick(svc: Svc, p: Annotated[Principal, ADMIN], idem: IdempotencyKey = None) -> dict[str, Any]:
+async def tick(svc: Svc, p: Annotated[Principal, ADMINS], idem: IdempotencyKey = None) -> dict[str, Any]:
     return await write(svc, p, lambda eng, ts: ev.ClockAdvanced(ts), idem, ("clock",))

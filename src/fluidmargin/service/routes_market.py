@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Path
 
-from fluidmargin.core.units import PPM, PRICE_DECIMALS
+from fluidmargin.core.units import PRICE_DECIMALS
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service import views
-from fluidmargin.service.auth import Principal, require
-from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, StrictJSONRoute, Svc, errors, write
+from fluidmargin.service.auth import ADMINS, ANYONE, PUBLISHING, Principal
+from fluidmargin.service.codec import FieldError, confidence_ppm, to_quantums
+from fluidmargin.service.deps import IdempotencyKey, StrictJSONRoute, Svc, errors, publisher_source, write
 from fluidmargin.service.schemas import (
     FundsView,
     HaltIn,
@@ -26,9 +26,6 @@ from fluidmargin.service.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["markets"], route_class=StrictJSONRoute)
-ANYONE = require("admin", "venue", "account", "publisher")
-PUBLISHERS = require("admin", "publisher")
-ADMIN = require("admin")
 
 
 @router.get("/markets", response_model=list[MarketView], responses=errors(403), summary="Every market")
@@ -71,7 +68,7 @@ async def reanchor_oracle(
     asset: Annotated[str, Path(max_length=64)],
     body: ReanchorIn,
     svc: Svc,
-    p: Annotated[Principal, ADMIN],
+    p: Annotated[Principal, ADMINS],
     idem: IdempotencyKey = None,
 ) -> dict[str, Any]:
     if body.price is not None:
@@ -92,15 +89,11 @@ async def reanchor_oracle(
     summary="Publish a price (the source is the publisher key's, never the body's)",
 )
 async def publish_price(
-    body: PriceIn, svc: Svc, p: Annotated[Principal, PUBLISHERS], idem: IdempotencyKey = None
+    body: PriceIn, svc: Svc, p: Annotated[Principal, PUBLISHING], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    source = p.key.source or (f"admin:{p.key.key_id}" if p.role == "admin" else "")
-    if not source:
-        raise HTTPException(403, "this publisher key has no source name")
+    source = publisher_source(p)
     to_quantums(body.price, PRICE_DECIMALS, "price", positive=True)  # exact or 422 (the engine parses the text)
-    conf = to_quantums(body.confidence, 6, "confidence")
-    if conf > PPM:
-        raise FieldError("confidence", "must be between 0 and 1")
+    conf = confidence_ppm(body.confidence)
 
     def build(eng: Engine, ts: int) -> ev.Event:
         if body.asset not in eng.markets_of_asset:
@@ -130,7 +123,7 @@ async def risk_parameters(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str
     "re-screened under the new value.",
 )
 async def change_risk_parameters(
-    body: ParameterChangeIn, svc: Svc, p: Annotated[Principal, ADMIN], idem: IdempotencyKey = None
+    body: ParameterChangeIn, svc: Svc, p: Annotated[Principal, ADMINS], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
     value = int(body.value)
 
@@ -150,7 +143,7 @@ async def halt_market(
     symbol: Annotated[str, Path(max_length=64)],
     body: HaltIn,
     svc: Svc,
-    p: Annotated[Principal, ADMIN],
+    p: Annotated[Principal, ADMINS],
     idem: IdempotencyKey = None,
 ) -> dict[str, Any]:
     def build(eng: Engine, ts: int) -> ev.Event:
@@ -166,7 +159,7 @@ async def halt_market(
     summary="Lift an operator's halt (admin)",
 )
 async def resume_market(
-    symbol: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ADMIN], idem: IdempotencyKey = None
+    symbol: Annotated[str, Path(max_length=64)], svc: Svc, p: Annotated[Principal, ADMINS], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
     def build(eng: Engine, ts: int) -> ev.Event:
         return ev.MarketResumeRequested(ts, symbol)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Path
 
-from fluidmargin.core.units import PPM, PRICE_DECIMALS
+from fluidmargin.core.units import PRICE_DECIMALS
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service import views
-from fluidmargin.service.auth import Principal, require
-from fluidmargin.service.codec import FieldError, to_quantums
-from fluidmargin.service.deps import AccountPath, IdempotencyKey, StrictJSONRoute, Svc, errors, write
+from fluidmargin.service.auth import ANYONE, PUBLISHING, Principal
+from fluidmargin.service.codec import FieldError, confidence_ppm, to_quantums
+from fluidmargin.service.deps import AccountPath, IdempotencyKey, StrictJSONRoute, Svc, errors, publisher_source, write
 from fluidmargin.service.routes_accounts import OWNER_OF
 from fluidmargin.service.schemas import (
     MarginModeIn,
@@ -24,8 +24,6 @@ from fluidmargin.service.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["options"], route_class=StrictJSONRoute)
-ANYONE = require("admin", "venue", "account", "publisher")
-PUBLISHERS = require("admin", "publisher")
 
 
 @router.get("/options", response_model=list[OptionMarketView], responses=errors(403), summary="Every option series")
@@ -66,16 +64,12 @@ async def vol_surface(
     "expiry, a zero strike, an unlisted point or a low confidence is refused with the reason.",
 )
 async def publish_vol(
-    body: VolIn, svc: Svc, p: Annotated[Principal, PUBLISHERS], idem: IdempotencyKey = None
+    body: VolIn, svc: Svc, p: Annotated[Principal, PUBLISHING], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    source = p.key.source or (f"admin:{p.key.key_id}" if p.role == "admin" else "")
-    if not source:
-        raise HTTPException(403, "this publisher key has no source name")
+    source = publisher_source(p)
     strike = to_quantums(body.strike, PRICE_DECIMALS, "strike")
     to_quantums(body.vol, 6, "vol", signed=True)  # exact or 422 (the engine judges the value)
-    conf = to_quantums(body.confidence, 6, "confidence")
-    if conf > PPM:
-        raise FieldError("confidence", "must be between 0 and 1")
+    conf = confidence_ppm(body.confidence)
 
     def build(eng: Engine, ts: int) -> ev.Event:
         if body.underlying not in eng.markets_of_asset:

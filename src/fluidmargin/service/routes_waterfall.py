@@ -10,9 +10,10 @@ from fluidmargin.core.units import PRICE_DECIMALS, QUOTE_DECIMALS
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.service import views
-from fluidmargin.service.auth import Principal, require
+from fluidmargin.service.auth import ANYONE, Principal, require
 from fluidmargin.service.codec import SHARE_DECIMALS, market_of_auction, to_quantums
-from fluidmargin.service.deps import IdempotencyKey, StrictJSONRoute, Svc, errors, write
+from fluidmargin.service.deps import IdempotencyKey, Service, StrictJSONRoute, Svc, errors, write
+from fluidmargin.service.roles import LIQUIDITY_PROVIDERS, SEE_ALL
 from fluidmargin.service.schemas import (
     AuctionView,
     Bid,
@@ -22,19 +23,33 @@ from fluidmargin.service.schemas import (
     VaultWithdrawIn,
     WriteResult,
 )
+from fluidmargin.service.worker import Build
 
 router = APIRouter(prefix="/v1", tags=["waterfall"], route_class=StrictJSONRoute)
-ANYONE = require("admin", "venue", "account", "publisher")
-LPS = require("admin", "account")
+LPS = require(*LIQUIDITY_PROVIDERS)
 AuctionPath = Annotated[str, Path(min_length=1, max_length=80)]
 
 
 def _redacted(view: dict[str, Any], p: Principal) -> dict[str, Any]:
     """An auction as ``p`` may see it: admin and venue keys see whose positions it sells; others only
     the accounts they may touch (a publisher: none)."""
-    if p.role in ("admin", "venue"):
+    if p.role in SEE_ALL:
         return view
     return {**view, "accounts": [a for a in view["accounts"] if p.may_touch(a)]}
+
+
+async def _lp_write(
+    svc: Service, p: Principal, account_id: int, make: Build, idem: str | None, fingerprint: Any
+) -> dict[str, Any]:
+    """A write for an LP's account: the key must be allowed to touch it (403) and the engine know it (404)
+    before ``make`` builds the input."""
+    p.check_account(account_id)
+
+    def build(eng: Engine, ts: int) -> ev.Event:
+        views.row_of(eng, account_id)
+        return make(eng, ts)
+
+    return await write(svc, p, build, idem, fingerprint)
 
 
 @router.get("/auctions", response_model=list[AuctionView], responses=errors(403), summary="Open auctions")
@@ -56,10 +71,7 @@ async def auction(auction_id: AuctionPath, svc: Svc, p: Annotated[Principal, ANY
 async def bid(
     auction_id: AuctionPath, body: Bid, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    p.check_account(body.account_id)
-
     def build(eng: Engine, ts: int) -> ev.Event:
-        views.row_of(eng, body.account_id)
         if auction_id not in eng.wf.auctions:
             raise views.NotFound(f"auction {auction_id!r} is unknown or finished")
         sd = eng.market_idx[market_of_auction(auction_id)].spec.size_decimals
@@ -67,7 +79,7 @@ async def bid(
         limit = to_quantums(body.limit_price, PRICE_DECIMALS, "limit_price", positive=True)
         return ev.AuctionBid(ts, auction_id, body.account_id, size, limit)
 
-    return await write(svc, p, build, idem, ("bid", auction_id, body.model_dump()))
+    return await _lp_write(svc, p, body.account_id, build, idem, ("bid", auction_id, body.model_dump()))
 
 
 @router.get("/vault", response_model=VaultView, responses=errors(403), summary="The backstop vault")
@@ -84,13 +96,10 @@ async def vault(svc: Svc, p: Annotated[Principal, ANYONE]) -> dict[str, Any]:
 async def vault_deposit(
     body: VaultDepositIn, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    p.check_account(body.account_id)
-
     def build(eng: Engine, ts: int) -> ev.Event:
-        views.row_of(eng, body.account_id)
         return ev.VaultDeposit(ts, body.account_id, to_quantums(body.amount, QUOTE_DECIMALS, "amount", positive=True))
 
-    return await write(svc, p, build, idem, ("vault_deposit", body.model_dump()))
+    return await _lp_write(svc, p, body.account_id, build, idem, ("vault_deposit", body.model_dump()))
 
 
 @router.post(
@@ -102,14 +111,11 @@ async def vault_deposit(
 async def vault_withdraw(
     body: VaultWithdrawIn, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    p.check_account(body.account_id)
-
     def build(eng: Engine, ts: int) -> ev.Event:
-        views.row_of(eng, body.account_id)
         shares = to_quantums(body.shares, SHARE_DECIMALS, "shares", positive=True)
         return ev.VaultWithdrawalRequested(ts, body.account_id, shares)
 
-    return await write(svc, p, build, idem, ("vault_withdraw", body.model_dump()))
+    return await _lp_write(svc, p, body.account_id, build, idem, ("vault_withdraw", body.model_dump()))
 
 
 @router.post(
@@ -121,10 +127,7 @@ async def vault_withdraw(
 async def vault_claim(
     body: VaultClaimIn, svc: Svc, p: Annotated[Principal, LPS], idem: IdempotencyKey = None
 ) -> dict[str, Any]:
-    p.check_account(body.account_id)
-
     def build(eng: Engine, ts: int) -> ev.Event:
-        views.row_of(eng, body.account_id)
         return ev.VaultWithdrawalClaimed(ts, body.account_id)
 
-    return await write(svc, p, build, idem, ("vault_claim", body.model_dump()))
+    return await _lp_write(svc, p, body.account_id, build, idem, ("vault_claim", body.model_dump()))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from fluidmargin.model import events as ev
 from fluidmargin.service.codec import DECIMAL_PATTERN, event_fields, wire_name
+from fluidmargin.service.roles import Role
 
 Dec = Annotated[
     str,
@@ -26,7 +27,6 @@ DecOut = Annotated[str, Field(description="a decimal string in natural units", e
 AccountId = Annotated[int, Field(ge=0, le=2**63 - 1, description="engine account id")]
 CLIENT_ACCOUNT_IDS = 2**40  # an id a client chooses for a new account lies below it (never the vault's)
 NewAccountId = Annotated[int, Field(ge=0, lt=CLIENT_ACCOUNT_IDS, description="an id below 2^40, not the vault's")]
-Role = Literal["admin", "venue", "account", "publisher"]
 MarginMode = Literal["cross", "isolated"]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 

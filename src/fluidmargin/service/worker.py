@@ -42,11 +42,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fluidmargin.core.errors import FluidMarginError, ValidationError
+from fluidmargin.core.errors import ValidationError
 from fluidmargin.engine.engine import Engine
 from fluidmargin.model import events as ev
+from fluidmargin.service.errors import IdempotencyMismatch, WorkerUnavailable
 from fluidmargin.service.storage import IdempotencyIndex, fingerprint_digest
-from fluidmargin.store.log import StoreUnavailable
+from fluidmargin.store.records import StoreUnavailable
 from fluidmargin.store.runner import Runner
 
 log = logging.getLogger("fluidmargin.service")
@@ -54,14 +55,6 @@ T = TypeVar("T")
 Records = list[tuple[int, ev.Event]]
 Build = Callable[[Engine, int], ev.Event]
 CommitListener = Callable[[Records], None]
-
-
-class WorkerUnavailable(FluidMarginError):
-    """The worker is stopped, failed, or has too much queued: answer 503."""
-
-
-class IdempotencyMismatch(ValidationError):
-    """An Idempotency-Key reused for a different request."""
 
 
 @dataclass(slots=True)
@@ -518,7 +511,7 @@ class EngineWorker:
         try:
             records = runner.submit(event)
         except Exception as e:
-            if isinstance(e, ValidationError) and getattr(runner, "_failed", None) is None:
+            if isinstance(e, ValidationError) and runner.failed is None:
                 raise  # refused before the engine saw it (it cannot be logged faithfully)
             # the engine stopped half-way: this batch's earlier writes are lost with it (the commit fails)
             self.failed = f"engine error: {e!r}"

@@ -1,20 +1,29 @@
-"""``dynamic``: the evaluation harness's dynamic margin configuration (:class:`DynamicMarginModel`).
+"""Dynamic margin configurations for the evaluation harness: the slot they plug into and the two built in.
 
-Per market, on every closed candle:
+The slot: the harness shows a configuration every candle once it has closed (:class:`ClosedCandle`) and
+submits what it answers (:class:`ParameterChange`) as logged ``ParameterChangeRequested`` events; a
+configuration is a :class:`DynamicMargin`. :data:`DYNAMIC` names the built-in ones:
 
-1. the online volatility model (:mod:`fluidmargin.risk.stats.vol`): EWMA of close-to-close log returns (gaps
-   spread over the missing steps), or GARCH(1,1) fitted with ``arch`` on the first ``garch_fit_candles``
-   returns of the replay (the past only) and filtered from then on (EWMA until then, and if the fit fails);
-2. the proactive buffer (:mod:`fluidmargin.risk.stats.forecast`): candles are aggregated to hours, each hour's
-   Garman-Klass variance feeds HAR-RV with coefficients fitted off-line (:data:`HAR_COEF`), and the
-   forecast of the next hours' variance raises σ̂ when it is higher (it never lowers it);
-3. the policy (:mod:`fluidmargin.risk.perp.dynamic`): z · σ · √h, the anti-procyclicality rule, the floor and
-   cap, and the hourly change limit. A change becomes two parameter changes, the market's one bracket
-   rate and its initial floor (:data:`~fluidmargin.sim.evaluate.MAINTENANCE_PARAMETER`,
-   :data:`~fluidmargin.sim.evaluate.INITIAL_PARAMETER`; initial first when rising, so initial stays above
-   maintenance), with the policy's inputs attached (logged with the request).
+- ``dynamic-ewma`` (:class:`EwmaMargin`): maintenance = max(floor, z · σ̂ · √h), σ̂ the EWMA of the
+  online volatility model, moved by the policy's hourly change limit; no forecast, no anti-procyclicality.
+- ``dynamic`` (:class:`DynamicMarginModel`), per market, on every closed candle:
 
-Everything fixed here was chosen on data outside the evaluation windows (see :data:`TUNED_ON`).
+  1. the online volatility model (:mod:`fluidmargin.risk.stats.vol`): EWMA of close-to-close log returns
+     (gaps spread over the missing steps), or GARCH(1,1) fitted with ``arch`` on the first
+     ``garch_fit_candles`` returns of the replay (the past only) and filtered from then on (EWMA until
+     then, and if the fit fails);
+  2. the proactive buffer (:mod:`fluidmargin.risk.stats.forecast`): candles are aggregated to hours, each
+     hour's Garman-Klass variance feeds HAR-RV with coefficients fitted off-line (:data:`HAR_COEF`), and
+     the forecast of the next hours' variance raises σ̂ when it is higher (it never lowers it);
+  3. the policy (:mod:`fluidmargin.risk.perp.dynamic`): z · σ · √h, the anti-procyclicality rule, the
+     floor and cap, and the hourly change limit.
+
+Both keep one EWMA (:class:`~fluidmargin.risk.stats.vol.EwmaVol`) and one rate limiter
+(:func:`fluidmargin.risk.perp.dynamic.step`). A change becomes two parameter changes, the market's one
+bracket rate and its initial floor (:data:`MAINTENANCE_PARAMETER`, :data:`INITIAL_PARAMETER`; initial
+first when rising, so initial stays above maintenance), with the inputs behind it attached (logged with
+the request). Everything fixed for ``dynamic`` was chosen on data outside the evaluation windows
+(see :data:`TUNED_ON`).
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -34,9 +44,198 @@ from fluidmargin.risk.perp import dynamic as pol
 from fluidmargin.risk.perp import presets
 from fluidmargin.risk.stats import forecast as fc
 from fluidmargin.risk.stats import vol
-from fluidmargin.sim.evaluate import INITIAL_PARAMETER, MAINTENANCE_PARAMETER, ClosedCandle, ParameterChange
 
-__all__ = ["HAR_COEF", "TUNED_ON", "DynamicMarginModel", "DynamicParams"]
+__all__ = [
+    "DYNAMIC",
+    "HAR_COEF",
+    "INITIAL_PARAMETER",
+    "MAINTENANCE_PARAMETER",
+    "TUNED_ON",
+    "ClosedCandle",
+    "DynamicMargin",
+    "DynamicMarginModel",
+    "DynamicParams",
+    "EwmaMargin",
+    "EwmaParams",
+    "ParameterChange",
+]
+
+# the market parameters a dynamic rate changes: dynamic configurations start from one bracket
+MAINTENANCE_PARAMETER = "margin.brackets.0.mmr_ppm"
+INITIAL_PARAMETER = "margin.imr_floor_ppm"
+
+# --- the slot ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedCandle:
+    """A candle as a dynamic configuration sees it, once it has closed (floats: statistics only)."""
+
+    asset: str
+    market: str
+    open_ms: int
+    close_ns: int  # when it closed: the open time plus the data's interval
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterChange:
+    """A change a dynamic configuration asks for; ``inputs`` say why (kept for the audit trail)."""
+
+    market: str  # empty for an engine-wide parameter
+    name: str  # as Engine.MARKET_PARAMETERS / Engine.PARAMETERS name it
+    value: int
+    inputs: tuple[tuple[str, str], ...] = ()
+
+
+class DynamicMargin(Protocol):
+    """A margin configuration that follows the data: one fresh instance per dataset replay.
+
+    ``configure`` gets the venue built on ``base_preset`` and returns the one to start from.
+    ``on_candle`` is called for every candle of every asset once it has closed, in time order, before
+    any later price reaches the engine (so it never sees the future); what it returns is submitted at
+    the candle's close as ``ParameterChangeRequested`` events (held back until the population exists).
+    ``parameters`` names every parameter it may change: the harness refuses to start if the engine
+    does not accept one, and stops if the engine rejects a change.
+    """
+
+    base_preset: str
+    parameters: tuple[str, ...]
+
+    def configure(self, config: EngineConfig) -> EngineConfig: ...
+
+    def on_candle(self, candle: ClosedCandle) -> Sequence[ParameterChange]: ...
+
+
+def flat_rate(config: EngineConfig, floor_ppm: int, initial_ppm: int, name: str) -> EngineConfig:
+    """Every market of ``config`` on one flat bracket at ``floor_ppm``, initial ``initial_ppm`` (max
+    leverage 1 / initial): where a dynamic rate starts."""
+    model = presets.single_rate(
+        f"{floor_ppm / PPM:.6f}", max_leverage=max(1, PPM // initial_ppm), name=name, imr_floor_ppm=initial_ppm
+    )
+    return dataclasses.replace(config, markets=tuple(dataclasses.replace(m, margin=model) for m in config.markets))
+
+
+def rate_changes(market: str, change: pol.Change, inputs: tuple[tuple[str, str], ...]) -> tuple[ParameterChange, ...]:
+    """A policy change as the two parameter changes, in an order that keeps initial above maintenance."""
+    mm = ParameterChange(market, MAINTENANCE_PARAMETER, change.maintenance_ppm, inputs)
+    im = ParameterChange(market, INITIAL_PARAMETER, change.initial_ppm, inputs)
+    return (im, mm) if change.maintenance_ppm > change.previous_ppm else (mm, im)
+
+
+# --- dynamic-ewma -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EwmaParams:
+    """``dynamic-ewma``: maintenance rate = max(floor, z · σ̂ · √h), σ̂ from an EWMA of squared log
+    returns close to close (half-life ``halflife_s``), h the liquidation horizon; initial = k × maintenance.
+    Nothing changes during the first ``warmup_candles``; a change waits ``min_interval_s`` after the
+    previous one (the first after the first candle), is skipped below ``min_step_ppm``, and the changes of
+    any trailing hour move the rate by at most ``max_change_ppm_per_hour`` in all (up or down)."""
+
+    floor_ppm: int = 5_000
+    z: float = 4.0
+    horizon_s: int = 300
+    halflife_s: int = 1_800
+    warmup_candles: int = 60
+    min_interval_s: int = 300
+    max_change_ppm_per_hour: int = 20_000
+    min_step_ppm: int = 250
+    initial_multiple: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.floor_ppm * self.initial_multiple <= PPM or self.initial_multiple < 1:
+            raise ValidationError("need 0 < floor_ppm and 1 <= initial_multiple with floor × multiple <= 1e6")
+        if min(self.horizon_s, self.halflife_s, self.min_interval_s, self.max_change_ppm_per_hour) <= 0:
+            raise ValidationError("horizon, half-life, interval and the hourly cap must be positive")
+        if not (math.isfinite(self.z) and self.z > 0) or self.warmup_candles < 1 or self.min_step_ppm < 0:
+            raise ValidationError("need z > 0, warmup_candles >= 1, min_step_ppm >= 0")
+
+    def policy(self) -> pol.PolicyParams:
+        """The same limits as a :mod:`~fluidmargin.risk.perp.dynamic` policy: no APC, capped at 1 / k."""
+        return pol.PolicyParams(
+            floor_ppm=self.floor_ppm,
+            horizon=pol.Horizon(0, 0, self.horizon_s * 1000),
+            z=self.z,
+            cap_ppm=PPM // self.initial_multiple,
+            initial_multiple_ppm=self.initial_multiple * PPM,
+            max_change_ppm_per_hour=self.max_change_ppm_per_hour,
+            min_step_ppm=self.min_step_ppm,
+            min_interval_s=self.min_interval_s,
+        )
+
+
+@dataclass
+class _EwmaMarket:
+    step_s: float  # the candle interval in seconds (the EWMA's step)
+    ewma: vol.EwmaVol  # variance per step
+    state: pol.PolicyState | None = None  # from the first return on (the interval counts from there)
+    last_close: float | None = None
+    seen: int = 0
+
+
+class EwmaMargin:
+    """The built-in ``dynamic-ewma`` configuration (:class:`EwmaParams`), per market.
+
+    It starts every market on a flat maintenance rate at the floor (initial = k × floor) and moves a
+    per-market maintenance floor (:data:`MAINTENANCE_PARAMETER`) and the initial floor
+    (:data:`INITIAL_PARAMETER`) with the forecast.
+    """
+
+    base_preset: str = "binance"
+    parameters: tuple[str, ...] = (MAINTENANCE_PARAMETER, INITIAL_PARAMETER)
+
+    def __init__(self, params: EwmaParams | None = None) -> None:
+        self.p = params or EwmaParams()
+        self.policy = self.p.policy()
+        self.state: dict[str, _EwmaMarket] = {}
+
+    def configure(self, config: EngineConfig) -> EngineConfig:
+        p = self.p
+        return flat_rate(config, p.floor_ppm, p.floor_ppm * p.initial_multiple, "dynamic-ewma")
+
+    def target_ppm(self, var_per_s: float) -> int:
+        """z · σ̂ · √h in ppm, rounded up, never below the floor."""
+        return max(self.p.floor_ppm, pol.sigma_rate_ppm(self.p.z, var_per_s, self.policy.horizon.total_s))
+
+    def on_candle(self, candle: ClosedCandle) -> Sequence[ParameterChange]:
+        p = self.p
+        s = self.state.get(candle.market)
+        if s is None:
+            step_s = max(candle.close_ns / 1e9 - candle.open_ms / 1e3, 1.0)
+            s = self.state[candle.market] = _EwmaMarket(step_s, vol.EwmaVol(0.5 ** (step_s / p.halflife_s), 0.0))
+        prev = candle.open if s.last_close is None else s.last_close
+        s.last_close = candle.close
+        if not (prev > 0 and candle.close > 0):
+            return ()
+        nxt = s.ewma.update(math.log(candle.close / prev))
+        if isinstance(nxt, vol.Rejected):
+            return ()
+        s.ewma = nxt
+        s.seen += 1
+        if s.state is None:
+            s.state = pol.PolicyState(p.floor_ppm, p.floor_ppm, changed_ns=candle.close_ns)
+        if s.seen < p.warmup_candles:
+            return ()
+        obs = pol.Observation(candle.close_ns, s.ewma.var_per_step / s.step_s)
+        s.state, change = pol.step(self.policy, s.state, obs)
+        if change is None:
+            return ()
+        why = dict(change.inputs)
+        inputs = (
+            ("sigma_horizon", why["sigma_hat_h"]),
+            ("target_ppm", why["target_ppm"]),
+            ("previous_ppm", str(change.previous_ppm)),
+            ("candles", str(s.seen)),
+        )
+        return rate_changes(candle.market, change, inputs)
+
+
+# --- dynamic ----------------------------------------------------------------------------------------
 
 TUNED_ON = (
     "HAR-RV coefficients, long-run and stressed variances: Binance spot BTC/USDT and ETH/USDT 1h, "
@@ -176,15 +375,8 @@ class DynamicMarginModel:
     def configure(self, config: EngineConfig) -> EngineConfig:
         """Every market on one flat bracket at the floor, initial k × floor (max leverage 1 / initial)."""
         p = self.p
-        markets = []
-        for m in config.markets:
-            policy = p.policy(m.base_asset)
-            im = pol.initial_ppm(policy, p.floor_ppm)
-            model = presets.single_rate(
-                f"{p.floor_ppm / PPM:.6f}", max_leverage=max(1, PPM // im), name="dynamic", imr_floor_ppm=im
-            )
-            markets.append(dataclasses.replace(m, margin=model))
-        return dataclasses.replace(config, markets=tuple(markets))
+        k_policy = p.policy("BTC")  # k is the same for every asset
+        return flat_rate(config, p.floor_ppm, pol.initial_ppm(k_policy, p.floor_ppm), "dynamic")
 
     def _market(self, c: ClosedCandle) -> _MarketState:
         s = self.markets.get(c.market)
@@ -232,9 +424,7 @@ class DynamicMarginModel:
             ("missing_steps", str(s.ewma.missing_steps)),
             ("rejected", str(s.rejected)),
         )
-        mm = ParameterChange(candle.market, MAINTENANCE_PARAMETER, change.maintenance_ppm, inputs)
-        im = ParameterChange(candle.market, INITIAL_PARAMETER, change.initial_ppm, inputs)
-        return (im, mm) if change.maintenance_ppm > change.previous_ppm else (mm, im)
+        return rate_changes(candle.market, change, inputs)
 
     def _garch(self, s: _MarketState, r: float, ts_ns: int, step_ns: int) -> None:
         if s.garch is not None:
@@ -264,3 +454,6 @@ class DynamicMarginModel:
         if not np.isfinite(row).all():
             return None
         return float(self.har.predict(row)[0]) / 3600.0
+
+
+DYNAMIC: dict[str, Callable[[], DynamicMargin]] = {"dynamic-ewma": EwmaMargin, "dynamic": DynamicMarginModel}

@@ -5,11 +5,11 @@ Each configuration replays every dataset on a fresh engine (the same stream as `
 scored by :class:`Figures`: bad debt, insurance-fund draws, ADL events, liquidations, and the
 requirement it charged while doing so (capital efficiency). Money is exact, in quote quanta.
 
-Configurations are the static presets (:data:`STATIC`) and dynamic ones (:data:`DYNAMIC`): a
-:class:`DynamicMargin` is fed every candle once it has closed and may answer with parameter changes,
-which enter the engine's input stream as logged ``ParameterChangeRequested`` events, so the
-engine's response to volatility is in the log with everything else. :class:`EwmaMargin`
-(``dynamic-ewma``) is the small built-in one.
+Configurations are the static presets (:data:`STATIC`) and dynamic ones (:data:`DYNAMIC`,
+:mod:`fluidmargin.sim.dynamic`): a :class:`DynamicMargin` is fed every candle once it has closed and may
+answer with parameter changes, which enter the engine's input stream as logged
+``ParameterChangeRequested`` events, so the engine's response to volatility is in the log with
+everything else. Each dataset is replayed on :func:`~fluidmargin.sim.venues.replay_venue`.
 
 A dataset is the candle files of one directory (one market per asset, replayed together, as
 ``replay`` does with several files); files in different directories are separate datasets.
@@ -18,61 +18,59 @@ Totals are summed over datasets; requirement samples are pooled.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from fluidmargin.core.errors import FluidMarginError, ValidationError
-from fluidmargin.core.units import PPM, QUOTE_DECIMALS, Rounding, div_round, format_decimal, parse_decimal
+from fluidmargin.core.units import QUOTE_DECIMALS, Rounding, div_round, format_decimal, parse_decimal
 from fluidmargin.engine import Engine
 from fluidmargin.model import events as ev
 from fluidmargin.model.config import EngineConfig
-from fluidmargin.risk.perp import presets
 from fluidmargin.sim import report
 from fluidmargin.sim.candles import Candles, asset_from_path, load_candles
-from fluidmargin.sim.scenarios import LIQUIDATIONS, NS_PER_MS, PATHS, PopulationSpec, Scenario, replay_policies
-from fluidmargin.sim.venues import perp_venue
+from fluidmargin.sim.dynamic import (
+    DYNAMIC,
+    INITIAL_PARAMETER,
+    MAINTENANCE_PARAMETER,
+    ClosedCandle,
+    DynamicMargin,
+    ParameterChange,
+)
+from fluidmargin.sim.scenarios import LIQUIDATIONS, NS_PER_MS, PATHS, PopulationSpec, Scenario
+from fluidmargin.sim.venues import PRESETS, replay_venue
 
-STATIC = ("binance", "hyperliquid", "dydx", "drift")
+__all__ = [  # the harness, and the dynamic slot it drives (sim.dynamic)
+    "DYNAMIC",
+    "INITIAL_PARAMETER",
+    "MAINTENANCE_PARAMETER",
+    "MAX_SAMPLES",
+    "STATIC",
+    "ClosedCandle",
+    "Dataset",
+    "DynamicMargin",
+    "Figures",
+    "Options",
+    "ParameterChange",
+    "closed_candles",
+    "config_names",
+    "evaluate",
+    "load_datasets",
+    "p95_nearest_rank",
+    "requirement_quote_q",
+    "run_configuration",
+    "step_ns",
+    "with_parameter_changes",
+    "write_frontier",
+]
+
+STATIC = PRESETS  # the static configurations: the venue presets
 MAX_SAMPLES = 500  # requirement samples per dataset at most (each costs one exact pass over positions)
-# the market parameters a dynamic rate needs from the engine (see EwmaMargin)
-MAINTENANCE_PARAMETER = "margin.brackets.0.mmr_ppm"  # dynamic configurations start from one bracket
-INITIAL_PARAMETER = "margin.imr_floor_ppm"
 
 Records = list[tuple[int, ev.Event]]
-
-
-def replay_venue(
-    candles: Mapping[str, Candles],
-    liquidation: str = "close_at_mark",
-    preset: str = "binance",
-    insurance_usd: int = 1_000_000,
-    funding_source: str = "computed",
-    max_jump_ppm: int = 250_000,
-) -> EngineConfig:
-    """The venue of a replay: ``perp_venue`` on the replayed assets, liquidating per ``liquidation``
-    (``close_at_mark``, ``partial``, or ``waterfall``: partial, batched, impact, ADL; see
-    :func:`~fluidmargin.sim.scenarios.replay_policies`). The config is what a ``--log`` header stores.
-
-    A replay has one price feed (the candles): it opts in to liquidating on a single source, a venue
-    choice (a live venue's default needs two agreeing sources)."""
-    if liquidation not in LIQUIDATIONS:
-        raise ValidationError(f"liquidation must be one of {', '.join(LIQUIDATIONS)}, not {liquidation!r}")
-    return perp_venue(
-        tuple(candles),
-        preset=preset,
-        insurance_fund_usd=insurance_usd,
-        funding_source=funding_source,
-        max_jump_ppm=max_jump_ppm,
-        liquidation="close_at_mark" if liquidation == "close_at_mark" else "partial",
-        policies=replay_policies(candles) if liquidation == "waterfall" else None,
-        single_source_liquidation=True,
-    )
 
 
 # --- datasets ----------------------------------------------------------------------------------------
@@ -106,165 +104,7 @@ def load_datasets(paths: Sequence[str | Path], start_ms: int | None = None, limi
     return [Dataset(d.name, g) for d, g in groups.items()]
 
 
-# --- the dynamic slot ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedCandle:
-    """A candle as a dynamic configuration sees it, once it has closed (floats: statistics only)."""
-
-    asset: str
-    market: str
-    open_ms: int
-    close_ns: int  # when it closed: the open time plus the data's interval
-    open: float
-    high: float
-    low: float
-    close: float
-
-
-@dataclass(frozen=True, slots=True)
-class ParameterChange:
-    """A change a dynamic configuration asks for; ``inputs`` say why (kept for the audit trail)."""
-
-    market: str  # empty for an engine-wide parameter
-    name: str  # as Engine.MARKET_PARAMETERS / Engine.PARAMETERS name it
-    value: int
-    inputs: tuple[tuple[str, str], ...] = ()
-
-
-class DynamicMargin(Protocol):
-    """A margin configuration that follows the data: one fresh instance per dataset replay.
-
-    ``configure`` gets the venue built on ``base_preset`` and returns the one to start from.
-    ``on_candle`` is called for every candle of every asset once it has closed, in time order, before
-    any later price reaches the engine (so it never sees the future); what it returns is submitted at
-    the candle's close as ``ParameterChangeRequested`` events (held back until the population exists).
-    ``parameters`` names every parameter it may change: the harness refuses to start if the engine
-    does not accept one, and stops if the engine rejects a change.
-    """
-
-    base_preset: str
-    parameters: tuple[str, ...]
-
-    def configure(self, config: EngineConfig) -> EngineConfig: ...
-
-    def on_candle(self, candle: ClosedCandle) -> Sequence[ParameterChange]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EwmaParams:
-    """``dynamic-ewma``: maintenance rate = max(floor, z · σ̂ · √h), σ̂ from an EWMA of squared log
-    returns close to close (half-life ``halflife_s``), h the liquidation horizon; initial = k × maintenance.
-    Nothing changes during the first ``warmup_candles``; a change waits ``min_interval_s`` after the
-    previous one, is skipped below ``min_step_ppm``, and the changes of any trailing hour move the rate
-    by at most ``max_change_ppm_per_hour`` in all (up or down)."""
-
-    floor_ppm: int = 5_000
-    z: float = 4.0
-    horizon_s: int = 300
-    halflife_s: int = 1_800
-    warmup_candles: int = 60
-    min_interval_s: int = 300
-    max_change_ppm_per_hour: int = 20_000
-    min_step_ppm: int = 250
-    initial_multiple: int = 2
-
-    def __post_init__(self) -> None:
-        if not 0 < self.floor_ppm * self.initial_multiple <= PPM or self.initial_multiple < 1:
-            raise ValidationError("need 0 < floor_ppm and 1 <= initial_multiple with floor × multiple <= 1e6")
-        if min(self.horizon_s, self.halflife_s, self.min_interval_s, self.max_change_ppm_per_hour) <= 0:
-            raise ValidationError("horizon, half-life, interval and the hourly cap must be positive")
-        if not (math.isfinite(self.z) and self.z > 0) or self.warmup_candles < 1 or self.min_step_ppm < 0:
-            raise ValidationError("need z > 0, warmup_candles >= 1, min_step_ppm >= 0")
-
-
-@dataclass
-class _EwmaState:
-    last_close: float | None = None
-    var: float = 0.0  # per second
-    seen: int = 0
-    rate_ppm: int = 0
-    changed_ns: int | None = None
-    recent: list[tuple[int, int]] = field(default_factory=list)  # (ts_ns, |change| ppm) of the last hour
-
-
-class EwmaMargin:
-    """The built-in ``dynamic-ewma`` configuration (:class:`EwmaParams`), per market.
-
-    It starts every market on a flat maintenance rate at the floor (initial = k × floor) and moves a
-    per-market maintenance floor (:data:`MAINTENANCE_PARAMETER`) and the initial floor
-    (:data:`INITIAL_PARAMETER`) with the forecast.
-    """
-
-    base_preset: str = "binance"
-    parameters: tuple[str, ...] = (MAINTENANCE_PARAMETER, INITIAL_PARAMETER)
-
-    def __init__(self, params: EwmaParams | None = None) -> None:
-        self.p = params or EwmaParams()
-        self.state: dict[str, _EwmaState] = {}
-
-    def configure(self, config: EngineConfig) -> EngineConfig:
-        p = self.p
-        imr = p.floor_ppm * p.initial_multiple
-        model = presets.single_rate(
-            f"{p.floor_ppm / PPM:.6f}",
-            max_leverage=max(1, PPM // imr),
-            name="dynamic-ewma",
-            imr_floor_ppm=imr,
-        )
-        markets = tuple(dataclasses.replace(m, margin=model) for m in config.markets)
-        return dataclasses.replace(config, markets=markets)
-
-    def target_ppm(self, var_per_s: float) -> int:
-        """z · σ̂ · √h in ppm, rounded up, never below the floor."""
-        p = self.p
-        return max(p.floor_ppm, math.ceil(p.z * math.sqrt(var_per_s * p.horizon_s) * PPM))
-
-    def on_candle(self, candle: ClosedCandle) -> Sequence[ParameterChange]:
-        p = self.p
-        s = self.state.setdefault(candle.market, _EwmaState(rate_ppm=p.floor_ppm))
-        span_s = max(candle.close_ns / 1e9 - candle.open_ms / 1e3, 1.0)
-        prev = candle.open if s.last_close is None else s.last_close
-        s.last_close = candle.close
-        if not (prev > 0 and candle.close > 0):
-            return ()
-        r = math.log(candle.close / prev)
-        lam = 0.5 ** (span_s / p.halflife_s)
-        s.var = lam * s.var + (1.0 - lam) * r * r / span_s
-        s.seen += 1
-        if s.changed_ns is None:
-            s.changed_ns = candle.close_ns
-        if s.seen < p.warmup_candles:
-            return ()
-        elapsed_s = (candle.close_ns - s.changed_ns) / 1e9
-        if elapsed_s < p.min_interval_s:
-            return ()
-        target = min(self.target_ppm(s.var), PPM // p.initial_multiple)
-        s.recent = [(t, d) for t, d in s.recent if t > candle.close_ns - 3600 * 10**9]
-        budget = p.max_change_ppm_per_hour - sum(d for _t, d in s.recent)
-        new = max(min(target, s.rate_ppm + budget), s.rate_ppm - budget, p.floor_ppm)
-        if abs(new - s.rate_ppm) < max(p.min_step_ppm, 1):
-            return ()
-        s.recent.append((candle.close_ns, abs(new - s.rate_ppm)))
-        inputs = (
-            ("sigma_horizon", f"{math.sqrt(s.var * p.horizon_s):.6g}"),
-            ("target_ppm", str(target)),
-            ("previous_ppm", str(s.rate_ppm)),
-            ("candles", str(s.seen)),
-        )
-        up = new > s.rate_ppm
-        s.rate_ppm, s.changed_ns = new, candle.close_ns
-        mm = ParameterChange(candle.market, MAINTENANCE_PARAMETER, new, inputs)
-        im = ParameterChange(candle.market, INITIAL_PARAMETER, new * p.initial_multiple, inputs)
-        return (im, mm) if up else (mm, im)  # initial stays above maintenance at every step
-
-
-DYNAMIC: dict[str, Callable[[], DynamicMargin]] = {
-    "dynamic-ewma": EwmaMargin,
-    # sim.dynamic (risk.dynamic + risk.forecast) imports this module, so it is loaded on first use
-    "dynamic": lambda: __import__("fluidmargin.sim.dynamic", fromlist=["DynamicMarginModel"]).DynamicMarginModel(),
-}
+# --- dynamic configurations in the stream ----------------------------------------------------------
 
 
 def config_names(dynamic: Mapping[str, Callable[[], DynamicMargin]] | None = None) -> tuple[str, ...]:

@@ -1,7 +1,10 @@
-"""Ready-made venue configurations for the demo, replays and benchmarks."""
+"""Ready-made venue configurations for the demo, replays, the evaluation harness and benchmarks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from fluidmargin.core.errors import ValidationError
 from fluidmargin.core.units import QUOTE_SCALE
 from fluidmargin.model.config import BackstopSpec, EngineConfig
 from fluidmargin.model.instruments import (
@@ -16,8 +19,11 @@ from fluidmargin.model.instruments import (
     YieldSpec,
 )
 from fluidmargin.risk.perp import presets
+from fluidmargin.sim.candles import Candles
+from fluidmargin.sim.scenarios import LIQUIDATIONS, replay_policies
 
 USD = CollateralAsset("USD", 6, 1_000_000, kind="quote")
+PRESETS = ("binance", "hyperliquid", "dydx", "drift")  # the tier presets margin_model knows
 
 
 def margin_model(preset: str, asset: str = "BTC") -> BracketModel:
@@ -125,4 +131,32 @@ def waterfall_venue(
         policies=policies,
         backstop=BackstopSpec(),
         single_source_liquidation=single_source_liquidation,
+    )
+
+
+def replay_venue(
+    candles: Mapping[str, Candles],
+    liquidation: str = "close_at_mark",
+    preset: str = "binance",
+    insurance_usd: int = 1_000_000,
+    funding_source: str = "computed",
+    max_jump_ppm: int = 250_000,
+) -> EngineConfig:
+    """The venue of a replay: ``perp_venue`` on the replayed assets, liquidating per ``liquidation``
+    (``close_at_mark``, ``partial``, or ``waterfall``: partial, batched, impact, ADL; see
+    :func:`~fluidmargin.sim.scenarios.replay_policies`). The config is what a ``--log`` header stores.
+
+    A replay has one price feed (the candles): it opts in to liquidating on a single source, a venue
+    choice (a live venue's default needs two agreeing sources)."""
+    if liquidation not in LIQUIDATIONS:
+        raise ValidationError(f"liquidation must be one of {', '.join(LIQUIDATIONS)}, not {liquidation!r}")
+    return perp_venue(
+        tuple(candles),
+        preset=preset,
+        insurance_fund_usd=insurance_usd,
+        funding_source=funding_source,
+        max_jump_ppm=max_jump_ppm,
+        liquidation="close_at_mark" if liquidation == "close_at_mark" else "partial",
+        policies=replay_policies(candles) if liquidation == "waterfall" else None,
+        single_source_liquidation=True,
     )
