@@ -9,7 +9,7 @@ bucket. Anything else (a missing key, a 403, a 429, a body FastAPI would refuse,
 on untouched, its body replayed, to the FastAPI app, which answers it as it always does: every error
 shape has one source. What is taken runs the routes' own code: the same models, input builders
 (``routes_accounts.*_input``), write path (``deps.submit``) and error answers (``app.error_response``),
-so its answers equal the app's; ``tests/test_service_fastpath.py`` compares the two on the same
+so its answers equal the app's; ``tests/service/test_service_fastpath.py`` compares the two on the same
 requests.
 """
 

@@ -10,7 +10,7 @@ estimate and confirmed exactly at ``q`` and ``q - 1``; anything the kernel canno
 certainty (no exact boundary within a few quanta, an overflow, a bucket left below maintenance) is
 returned for the Python path. A fully closed bucket may end with negative equity: the caller covers
 that shortfall from the insurance fund (or hands the bucket to the Python path, for ADL).
-``tests/test_mass_close.py`` checks the kernel against that path.
+``tests/engine/test_mass_close.py`` checks the kernel against that path.
 """
 
 from __future__ import annotations

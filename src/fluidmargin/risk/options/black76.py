@@ -191,6 +191,10 @@ def _ndtr_nb(x: float) -> float:
     return 0.5 * math.erfc(-x * _INV_SQRT2)
 
 
+# the kernel's output columns
+OUT_PRICE, OUT_DELTA, OUT_GAMMA = 0, 1, 2
+
+
 @njit(cache=True, error_model="numpy")
 def black76_price_delta_gamma_nb(
     forward: Any, strike: Any, t_years: Any, vol: Any, discount: Any, is_call: Any, out: Any
@@ -209,17 +213,17 @@ def black76_price_delta_gamma_nb(
             step = 1.0 if f > k else (0.0 if f < k else 0.5)
             if not is_call[i]:
                 step -= 1.0
-            out[i, 0] = d * max(sign * (f - k), 0.0)
-            out[i, 1] = d * step
-            out[i, 2] = 0.0
+            out[i, OUT_PRICE] = d * max(sign * (f - k), 0.0)
+            out[i, OUT_DELTA] = d * step
+            out[i, OUT_GAMMA] = 0.0
             continue
         d1 = math.log(f / k) / s + 0.5 * s
         d2 = d1 - s
         n1 = _ndtr_nb(sign * d1)
         n2 = _ndtr_nb(sign * d2)
-        out[i, 0] = sign * d * (f * n1 - k * n2)
-        out[i, 1] = sign * d * n1
-        out[i, 2] = d * (_INV_SQRT_2PI * math.exp(-0.5 * d1 * d1)) / (f * s)
+        out[i, OUT_PRICE] = sign * d * (f * n1 - k * n2)
+        out[i, OUT_DELTA] = sign * d * n1
+        out[i, OUT_GAMMA] = d * (_INV_SQRT_2PI * math.exp(-0.5 * d1 * d1)) / (f * s)
 
 
 def black76_price_delta_gamma(
@@ -238,4 +242,4 @@ def black76_price_delta_gamma(
         np.ascontiguousarray(c).ravel(),
         out,
     )
-    return out[:, 0].reshape(shape), out[:, 1].reshape(shape), out[:, 2].reshape(shape)
+    return out[:, OUT_PRICE].reshape(shape), out[:, OUT_DELTA].reshape(shape), out[:, OUT_GAMMA].reshape(shape)

@@ -92,6 +92,8 @@ class CrossingTable:
 
 LOOKUP_MAX_LOG_STEP = 0.1  # |log P step| per lookup row: e^x by a degree-6 polynomial is within 2e-11
 _LOOKUP_MAX_ROWS = 1 << 18
+# a lookup row: P(cross) at the node, then the first and second differences of log P to the next nodes
+ROW_P, ROW_DLOGP, ROW_D2LOGP = 0, 1, 2
 
 
 def _lookup_rows(curves: _Curves, log_p: FloatArray, dz: float, long: bool) -> tuple[FloatArray, float]:
@@ -114,9 +116,9 @@ def _lookup_rows(curves: _Curves, log_p: FloatArray, dz: float, long: bool) -> t
     p = np.concatenate(([1.0], curves.p(z)[0 if long else 1]))
     lp = np.minimum.accumulate(np.log(np.clip(p, 1e-300, 1.0)))
     out = np.zeros((rows, 3))
-    out[:, 0] = np.exp(lp)
-    out[:-1, 1] = np.diff(lp)
-    out[:-2, 2] = np.diff(lp, 2)
+    out[:, ROW_P] = np.exp(lp)
+    out[:-1, ROW_DLOGP] = np.diff(lp)
+    out[:-2, ROW_D2LOGP] = np.diff(lp, 2)
     out.setflags(write=False)
     return out, 1.0 / dd
 
@@ -424,11 +426,11 @@ def _crossing_body(
             rows = rows_short
         last = rows.shape[0] - 1
         if x >= last:
-            out[i] = rows[last, 0]
+            out[i] = rows[last, ROW_P]
             continue
         k = int(x)
         f = x - k
-        out[i] = rows[k, 0] * _exp_small_nb(f * (rows[k, 1] + 0.5 * (f - 1.0) * rows[k, 2]))
+        out[i] = rows[k, ROW_P] * _exp_small_nb(f * (rows[k, ROW_DLOGP] + 0.5 * (f - 1.0) * rows[k, ROW_D2LOGP]))
 
 
 _crossing_serial = njit(cache=True, error_model="numpy")(_crossing_body)
@@ -470,11 +472,12 @@ def crossing_probability_py(table: CrossingTable, side: npt.ArrayLike, barrier_r
             x, rows = d * table.inv_dd_short, table.lookup_short
         last = rows.shape[0] - 1
         if x >= last:
-            out[i] = float(rows[last, 0])
+            out[i] = float(rows[last, ROW_P])
             continue
         k = int(x)
         f = x - k
-        out[i] = float(rows[k, 0]) * _exp_small(f * (float(rows[k, 1]) + 0.5 * (f - 1.0) * float(rows[k, 2])))
+        d1, d2 = float(rows[k, ROW_DLOGP]), float(rows[k, ROW_D2LOGP])
+        out[i] = float(rows[k, ROW_P]) * _exp_small(f * (d1 + 0.5 * (f - 1.0) * d2))
     return out
 
 
@@ -487,7 +490,7 @@ def required_barrier_ratio(table: CrossingTable, side: int, target_prob: float) 
     if side not in (LONG, SHORT):
         raise ValidationError("side must be LONG (1) or SHORT (-1)")
     rows, inv = (table.lookup_long, table.inv_dd_long) if side == LONG else (table.lookup_short, table.inv_dd_short)
-    p = rows[:, 0]
+    p = rows[:, ROW_P]
     k = int(np.searchsorted(-p, -target_prob, side="left"))  # first row with P <= target (P nonincreasing)
     if k == 0:
         return 1.0
@@ -495,7 +498,7 @@ def required_barrier_ratio(table: CrossingTable, side: int, target_prob: float) 
         d = (p.size - 1) / inv
     else:
         # bisection on the lookup's own arithmetic within row k-1: the smallest d with lookup(d) <= target
-        p_row, d1, d2 = float(p[k - 1]), float(rows[k - 1, 1]), float(rows[k - 1, 2])
+        p_row, d1, d2 = float(p[k - 1]), float(rows[k - 1, ROW_DLOGP]), float(rows[k - 1, ROW_D2LOGP])
         lo, hi = 0.0, 1.0
         for _ in range(60):
             f = 0.5 * (lo + hi)
