@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_liquidation.py
 	$(BIN)/python benchmarks/bench_portfolio.py
 	$(BIN)/python benchmarks/bench_risk_models.py
+	$(BIN)/python benchmarks/bench_governance.py
 
 .PHONY: bench-service
 bench-service: $(STAMP)
