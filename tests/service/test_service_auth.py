@@ -222,6 +222,21 @@ CASES: list[tuple[str, Req, int]] = [
         OK,
     ),
     ("vault claim", lambda w: ("POST", "/v1/vault/claims", {"account_id": w.sub_of_a("5", pending=True)}), OK),
+    ("governance proposals", lambda w: ("GET", "/v1/governance/proposals", None), OK),
+    ("governance proposal", lambda w: ("GET", "/v1/governance/proposals/nope", None), NOPE),
+    # authorised, then refused by the engine (this venue has no governance section): nothing left behind
+    (
+        "submit proposal",
+        lambda w: (
+            "POST",
+            "/v1/governance/proposals",
+            {"changes": [{"name": "at_risk_buffer_ppm", "value": "200000"}], "evidence": {"runs": 1}},
+        ),
+        409,
+    ),
+    ("approve proposal", lambda w: ("POST", "/v1/governance/proposals/nope/approve", None), NOPE),
+    ("reject proposal", lambda w: ("POST", "/v1/governance/proposals/nope/reject", {"reason": "matrix"}), NOPE),
+    ("cancel proposal", lambda w: ("POST", "/v1/governance/proposals/nope/cancel", {"reason": "matrix"}), NOPE),
 ]
 
 

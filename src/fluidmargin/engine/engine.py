@@ -32,6 +32,7 @@ from fluidmargin.engine.book import Book
 from fluidmargin.engine.confirm import Confirm
 from fluidmargin.engine.fills import FillCheck, Fills, WhatIf
 from fluidmargin.engine.funding import Funding
+from fluidmargin.engine.governance import Governance
 from fluidmargin.engine.ledger import Ledger, Savepoint
 from fluidmargin.engine.options import OptionBook
 from fluidmargin.engine.oracles import OracleState
@@ -173,7 +174,8 @@ class Engine:
         self.seeding = Seeding(led, ora, fund, book, scr, conf)
         self.prices = px = Prices(led, ora, fund, scr, conf, opt, wf)
         self.params = params.Params(led, scr, conf)
-        self.snapshot = Snapshot(led, ora, wf, opt)
+        self.gov = gov = Governance(led, self.params, wf)  # parameter proposals under guardrails
+        self.snapshot = Snapshot(led, ora, wf, opt, gov)
         # each input event's handler, by the event's class name
         self._handlers: dict[str, Callable[[Any, list[ev.Event]], str]] = {
             "AccountOpened": acc.on_account_opened,
@@ -190,7 +192,11 @@ class Engine:
             "LastTradeObserved": px.on_last_trade,
             "FundingRatePublished": px.on_funding_rate,
             "ClockAdvanced": px.on_clock,
-            "ParameterChangeRequested": self.params.on_parameter_change,
+            "ParameterChangeRequested": gov.on_parameter_change,  # Params', then it overrides proposals
+            "ProposalSubmitted": gov.on_submitted,
+            "ProposalApproved": gov.on_approved,
+            "ProposalRejected": gov.on_rejected,
+            "ProposalCancelled": gov.on_cancelled,
             "VolObserved": opt.on_vol,
             "AuctionBid": wf.bid,
             "VaultDeposit": wf.vault_deposit,
@@ -249,6 +255,8 @@ class Engine:
             reason = self._handlers[name](event, out)
             if reason:
                 out.append(ev.InputRejected(ts, name, reason, eid))
+            if self.gov.live:  # queued or active proposals: due to activate, settle or roll back
+                self.gov.step(out)
         records = []
         led.seq += 1
         records.append((led.seq, event))

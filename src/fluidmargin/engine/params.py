@@ -81,30 +81,44 @@ class Params:
 
     def on_parameter_change(self, e: ev.ParameterChangeRequested, out: list[ev.Event]) -> str:
         """Change one parameter: validated by the config's own checks, then everything re-margined."""
-        led = self.led
-        if abs(e.value) > MAX_QUANTUMS:
+        changed = self.changed(self.led.cfg, e.market, e.name, e.value)
+        if isinstance(changed, str):
+            return changed
+        old, cfg = changed
+        self.commit(cfg, [(e.market, e.name, old, e.value)], out)
+        return ""
+
+    def changed(self, cfg: EngineConfig, market: str, name: str, value: int) -> tuple[int, EngineConfig] | str:
+        """``cfg`` with one parameter changed, by the config's own checks, and the value before; or why not."""
+        if abs(value) > MAX_QUANTUMS:
             return "value out of bounds"
         try:
-            if e.market:
-                m = led.market_idx.get(e.market)
+            if market:
+                m = self.led.market_idx.get(market)
                 if m is None:
-                    return f"unknown market {e.market!r}"
-                if not is_market_parameter(e.name):
-                    return f"{e.name!r} is not a market parameter one may change ({', '.join(MARKET_PARAMETERS)})"
-                if e.name.startswith("oracle."):
-                    old, cfg = self._with_oracle(m.spec.base_asset, e.name.split(".")[1], e.value)
-                else:
-                    old, spec = replace_path(m.spec, e.name.split("."), e.value)
-                    markets = tuple(spec if x.symbol == e.market else x for x in led.cfg.markets)
-                    cfg = dataclasses.replace(led.cfg, markets=markets)
-            else:
-                if e.name not in PARAMETERS:
-                    return f"{e.name!r} is not an engine parameter one may change ({', '.join(PARAMETERS)})"
-                old, cfg = replace_path(led.cfg, e.name.split("."), e.value)
+                    return f"unknown market {market!r}"
+                if not is_market_parameter(name):
+                    return f"{name!r} is not a market parameter one may change ({', '.join(MARKET_PARAMETERS)})"
+                if name.startswith("oracle."):
+                    return self._with_oracle(cfg, m.spec.base_asset, name.split(".")[1], value)
+                spec = next(x for x in cfg.markets if x.symbol == market)
+                old, spec = replace_path(spec, name.split("."), value)
+                return old, dataclasses.replace(
+                    cfg, markets=tuple(spec if x.symbol == market else x for x in cfg.markets)
+                )
+            if name not in PARAMETERS:
+                return f"{name!r} is not an engine parameter one may change ({', '.join(PARAMETERS)})"
+            return replace_path(cfg, name.split("."), value)
         except (ValidationError, TypeError, ValueError) as exc:
-            return f"invalid value for {e.name}: {exc}"
+            return f"invalid value for {name}: {exc}"
+
+    def commit(self, cfg: EngineConfig, changes: list[tuple[str, str, int, int]], out: list[ev.Event]) -> None:
+        """Put ``cfg`` in force (from :meth:`changed`): ``ParameterChanged`` for each ``(market, name, old,
+        new)``, then every account re-margined under the new parameters."""
+        led = self.led
         self.reconfigure(cfg)
-        out.append(ev.ParameterChanged(led.now_ns, e.market, e.name, old, e.value))
+        for market, name, old, new in changes:
+            out.append(ev.ParameterChanged(led.now_ns, market, name, old, new))
         # thresholds and budgets go together: drop every budget so that the screen re-applies each
         # position exactly and derives new budgets under the new parameters
         led.acct_f[: led.n_acc, ACCT_BUDGET_OTHERS] = 0.0
@@ -113,11 +127,9 @@ class Params:
             if m.mark_q is not None:
                 touched.extend(self.screen.remargin_all(m))
         self.confirm.evaluate(touched, out)
-        return ""
 
-    def _with_oracle(self, asset: str, name: str, value: int) -> tuple[int, EngineConfig]:
-        """The config with one field of ``asset``'s oracle policy changed (the asset gets its own policy)."""
-        cfg = self.led.cfg
+    def _with_oracle(self, cfg: EngineConfig, asset: str, name: str, value: int) -> tuple[int, EngineConfig]:
+        """``cfg`` with one field of ``asset``'s oracle policy changed (the asset gets its own policy)."""
         old, pol = replace_path(cfg.policy(asset), [name], value)
         oracle = tuple(sorted([*((a, p) for a, p in cfg.oracle if a != asset), (asset, pol)]))
         return old, dataclasses.replace(cfg, oracle=oracle)

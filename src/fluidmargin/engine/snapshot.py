@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fluidmargin.core.errors import InvariantViolation
+from fluidmargin.engine.governance import Governance
 from fluidmargin.engine.ledger import EXACT_POS, Ledger
 from fluidmargin.engine.options import OptionBook
 from fluidmargin.engine.oracles import OracleState
@@ -39,11 +40,12 @@ def hash_state(state: dict[str, Any]) -> str:
 class Snapshot:
     """Reads and restores the exact state held by the ledger, the oracles, the waterfall and the option book."""
 
-    def __init__(self, led: Ledger, oracles: OracleState, wf: Waterfall, opt: OptionBook) -> None:
+    def __init__(self, led: Ledger, oracles: OracleState, wf: Waterfall, opt: OptionBook, gov: Governance) -> None:
         self.led = led
         self.oracles = oracles
         self.wf = wf
         self.opt = opt
+        self.gov = gov
 
     def ledger_total(self, c: int | None = None) -> int:
         """Sum of every ledger for collateral ``c`` (quote by default): must equal net deposits."""
@@ -63,7 +65,7 @@ class Snapshot:
         """
         led, ora = self.led, self.oracles
         n, k = led.n_acc, led.n_pos
-        return {
+        state = {
             "version": 1,
             "seq": led.seq,
             "now_ns": led.now_ns,
@@ -113,6 +115,9 @@ class Snapshot:
             },
             "seen_ids": [len(led.seen_ids), led.ids_acc] if for_hash else sorted(led.seen_ids),
         }
+        if self.gov.proposals:  # a state without proposals keeps the form (and hash) it had before governance
+            state["governance"] = self.gov.state()
+        return state
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore ``state`` (from :meth:`state_dict`) into these fresh rooms; the float shadow is the caller's."""
@@ -161,6 +166,7 @@ class Snapshot:
         led.socialized_q = led_["socialized_q"]
         led.deposits, led.withdrawals = list(led_["deposits"]), list(led_["withdrawals"])
         led.seen_ids = set(state["seen_ids"])
+        self.gov.load(state.get("governance"))
         for eid in led.seen_ids:
             led.ids_acc = (led.ids_acc + id_digest(eid)) & MASK128
 

@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from fluidmargin.core.errors import ValidationError
-from fluidmargin.core.units import PPM
+from fluidmargin.core.units import NS_PER_S, PPM
 from fluidmargin.model.instruments import (
     DAY_NS,
     MAX_AMOUNT_Q,
@@ -217,6 +217,49 @@ class GapRiskConfig:
         return GapRiskConfig(default, tuple(sorted(markets, key=lambda p: p[0])))
 
 
+GOVERNANCE_MODES = ("manual", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class GovernanceSpec:
+    """The guardrails on proposals that change risk parameters (``engine/governance.py``).
+
+    ``mode``: ``manual`` (every proposal waits for an admin's approval) or ``auto`` (a proposal may ask to
+    activate without one). A proposal activates ``timelock_ns`` after its approval (its submission, when
+    automatic), on the first input at or after that time. Within one epoch (event time cut into spans of
+    ``epoch_ns``), governance moves a parameter at most ``max_change_ppm`` of its value before the epoch's
+    first governance change, all proposals together (from 0 it cannot move it). For ``watch_ns`` after its
+    activation a proposal is rolled back, its previous values restored, on the first input after which, since
+    its activation, the insurance funds have lost ``rollback_fund_drawdown_quote_q`` or more in total, or
+    ``rollback_bad_debt_quote_q`` or more was socialised, or ``rollback_liquidations`` or more positions were
+    liquidated (each: 0 turns that check off). An operator's own change of a parameter always wins.
+    """
+
+    RANGES: ClassVar[Ranges] = {
+        "max_change_ppm": (0, PPM),
+        "epoch_ns": (1, 365 * DAY_NS),
+        "timelock_ns": (0, 365 * DAY_NS),
+        "watch_ns": (0, 365 * DAY_NS),
+        "rollback_fund_drawdown_quote_q": (0, MAX_AMOUNT_Q),  # 0: off
+        "rollback_bad_debt_quote_q": (0, MAX_AMOUNT_Q),  # 0: off
+        "rollback_liquidations": (0, 2**32),  # 0: off
+    }
+
+    mode: str = "manual"
+    max_change_ppm: int = 100_000  # 10 % per parameter per epoch
+    epoch_ns: int = DAY_NS
+    timelock_ns: int = 3600 * NS_PER_S
+    watch_ns: int = DAY_NS
+    rollback_fund_drawdown_quote_q: int = 0
+    rollback_bad_debt_quote_q: int = 1  # any socialised loss
+    rollback_liquidations: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in GOVERNANCE_MODES:
+            raise ValidationError(f"governance: mode must be one of {', '.join(GOVERNANCE_MODES)}, got {self.mode!r}")
+        check_ranges(self, "governance")
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything that defines a venue: collateral, markets, oracle policies, liquidation knobs."""
@@ -243,6 +286,7 @@ class EngineConfig:
     gap_risk: GapRiskConfig | None = None  # jump-diffusion gap risk shown per position (None: not configured)
     # the share of cross unrealised profit that counts toward a withdrawal (losses always count in full)
     withdraw_upnl_weight_ppm: int = 0
+    governance: GovernanceSpec | None = None  # guardrails on parameter proposals (None: governance off)
 
     RANGES: ClassVar[Ranges] = {
         "at_risk_buffer_ppm": (0, 100 * PPM),
@@ -308,6 +352,8 @@ class EngineConfig:
             del d["gap_risk"]  # configs without gap risk keep the form (and state hashes) they had before it
         if d["withdraw_upnl_weight_ppm"] == 0:
             del d["withdraw_upnl_weight_ppm"]  # likewise
+        if d["governance"] is None:
+            del d["governance"]  # likewise
         return d
 
     @staticmethod
@@ -364,6 +410,7 @@ class EngineConfig:
                 portfolio_margin=d.get("portfolio_margin", "derive_pm2"),
                 gap_risk=None if d.get("gap_risk") is None else GapRiskConfig.from_dict(d["gap_risk"]),
                 withdraw_upnl_weight_ppm=d.get("withdraw_upnl_weight_ppm", 0),
+                governance=None if d.get("governance") is None else GovernanceSpec(**d["governance"]),
             )
         except (KeyError, TypeError) as e:
             raise ValidationError(f"malformed engine config: {e}") from None

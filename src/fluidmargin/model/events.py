@@ -284,6 +284,57 @@ class MarginModeChanged(Event):
     is_input: ClassVar[bool] = True
 
 
+@dataclass(frozen=True, slots=True)
+class ProposalSubmitted(Event):
+    """A proposal (``engine/governance.py``): parameter ``names[i]`` (as :class:`ParameterChangeRequested`
+    names them; ``markets[i]`` empty engine-wide) to ``values[i]``; ``mode`` ``manual`` (waits for an admin)
+    or ``auto``; evidence: ``evidence`` (a JSON object as text) and/or a report's SHA-256 and URI."""
+
+    proposal_id: str
+    markets: list[str]
+    names: list[str]
+    values: list[int]
+    mode: str = "manual"
+    evidence: str = ""
+    evidence_digest: str = ""
+    evidence_uri: str = ""
+    by: str = ""  # who submitted it (the service: the API key's id)
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalApproved(Event):
+    """An admin approves a manual proposal: queued behind the timelock."""
+
+    proposal_id: str
+    by: str = ""
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRejected(Event):
+    """An admin rejects a proposal that has not activated yet."""
+
+    proposal_id: str
+    reason: str = ""
+    by: str = ""
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalCancelled(Event):
+    """A proposal that has not activated yet is withdrawn."""
+
+    proposal_id: str
+    reason: str = ""
+    by: str = ""
+    event_id: str = ""
+    is_input: ClassVar[bool] = True
+
+
 # --- outputs ---------------------------------------------------------------------------------------
 
 
@@ -571,6 +622,69 @@ class PortfolioHedged(Event):
     delta_before: str  # the portfolio's delta in the underlying before the hedge (decimal text)
 
 
+@dataclass(frozen=True, slots=True)
+class ProposalQueued(Event):
+    """A proposal passed its approval (or was submitted in auto mode): it activates at ``activates_ns``."""
+
+    proposal_id: str
+    activates_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalActivated(Event):
+    """A proposal's changes applied (``ParameterChanged`` follow), watched until ``watch_until_ns``."""
+
+    proposal_id: str
+    markets: list[str]
+    names: list[str]
+    olds: list[int]
+    values: list[int]
+    watch_until_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRefused(Event):
+    """A queued proposal could not activate (the epoch cap or the config's checks refused it): nothing applied."""
+
+    proposal_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRolledBack(Event):
+    """A live metric since activation (``bad_debt_quote_q``, ``fund_drawdown_quote_q``, ``liquidations``)
+    reached its threshold within the watch window: the values before restored (``ParameterChanged`` follow),
+    but not those set since by others nor those the config's checks refuse now (``skipped``, why)."""
+
+    proposal_id: str
+    metric: str
+    value: int
+    threshold: int
+    markets: list[str]
+    names: list[str]
+    values: list[int]
+    skipped: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalOverridden(Event):
+    """A proposal's parameter was set by ``by`` (``operator``, ``proposal:<id>``): ``effect`` ``cancelled`` (not
+    active yet: it never will be) or ``released`` (active: a rollback leaves that parameter alone)."""
+
+    proposal_id: str
+    market: str
+    name: str
+    effect: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalSettled(Event):
+    """A proposal's watch window passed without a rollback: its changes stand."""
+
+    proposal_id: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -620,6 +734,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OptionsSettled,
         ValuationChanged,
         PortfolioHedged,
+        ProposalSubmitted,
+        ProposalApproved,
+        ProposalRejected,
+        ProposalCancelled,
+        ProposalQueued,
+        ProposalActivated,
+        ProposalRefused,
+        ProposalRolledBack,
+        ProposalOverridden,
+        ProposalSettled,
     )
 }
 

@@ -25,6 +25,7 @@ from fluidmargin.service import (
     routes_accounts,
     routes_admin,
     routes_dashboard,
+    routes_governance,
     routes_market,
     routes_options,
     routes_waterfall,
@@ -143,7 +144,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.hub = hub
     app.state.publisher = streams.Publisher(svc)
     _handlers(app)
-    for r in (routes_accounts, routes_market, routes_options, routes_waterfall, routes_admin):
+    for r in (routes_accounts, routes_market, routes_options, routes_waterfall, routes_admin, routes_governance):
         app.include_router(r.router)
     app.include_router(streams.router)
     routes_dashboard.mount(app)

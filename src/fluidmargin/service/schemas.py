@@ -504,3 +504,76 @@ class PortfolioView(BaseModel):
     total: Greeks
     underlyings: list[UnderlyingRisk]
     now_ns: int
+
+
+# --- governance -----------------------------------------------------------------------------------------------
+
+
+class ChangeIn(Strict):
+    market: str = Field("", max_length=64, description="empty for an engine-wide parameter")
+    name: str = Field(max_length=64, description="a parameter PUT /v1/risk-parameters may change")
+    value: str = Field(
+        pattern=r"^-?[0-9]{1,19}$", description="an integer in the parameter's own unit (ppm, quantums, ns, 0/1)"
+    )
+
+
+class ProposalIn(Strict):
+    proposal_id: Name | None = Field(None, description="the proposal's id (default: P<the event time in ns>)")
+    changes: Annotated[list[ChangeIn], Field(min_length=1, max_length=32)]
+    mode: Literal["manual", "auto"] = Field(
+        "manual", description="manual: waits for an admin's approval; auto: queued at once (an auto governance only)"
+    )
+    evidence: dict[str, Any] | None = Field(
+        None, description="a JSON object (metrics before and after, the runs): integers and strings, no JSON floats"
+    )
+    evidence_digest: str = Field("", pattern=r"^([0-9a-f]{64})?$", description="SHA-256 (hex) of a report")
+    evidence_uri: str = Field("", max_length=512, description="where the report is")
+
+
+class ReasonIn(Strict):
+    reason: str = Field("", max_length=200)
+
+
+class ProposalChange(BaseModel):
+    market: str
+    name: str
+    value: str = Field(description="the proposed value (an integer, as text)")
+    old: str | None = Field(description="the value before the proposal activated (null: not activated)")
+    current: str = Field(description="the parameter's value now")
+    held: bool = Field(
+        description="whether a rollback would restore it (false once an operator or a later proposal set it)"
+    )
+
+
+class ProposalFigures(BaseModel):
+    bad_debt: DecOut = Field(description="socialised since activation")
+    fund_drawdown: DecOut = Field(description="the insurance funds' total fall since activation")
+    liquidations: int = Field(description="positions liquidated since activation")
+
+
+class ProposalView(BaseModel):
+    proposal_id: str
+    state: Literal[
+        "submitted", "queued", "active", "settled", "rolled_back", "rejected", "cancelled", "refused", "overridden"
+    ]
+    mode: Literal["manual", "auto"]
+    changes: list[ProposalChange]
+    evidence: dict[str, Any] | None
+    evidence_digest: str
+    evidence_uri: str
+    submitted_ns: int
+    submitted_by: str
+    decided_ns: int | None = Field(description="approved, rejected or cancelled at")
+    decided_by: str
+    activates_ns: int | None = Field(description="the end of its timelock (null: not queued)")
+    activated_ns: int | None
+    watch_until_ns: int | None = Field(description="rolled back until then if a figure reaches its threshold")
+    ended_ns: int | None
+    reason: str = Field(description="why it was rejected, cancelled, refused, overridden or rolled back")
+    figures: ProposalFigures | None = Field(description="since activation (null: not activated)")
+
+
+class GovernanceView(BaseModel):
+    now_ns: int
+    guardrails: dict[str, Any] | None = Field(description="the engine config's governance section (null: off)")
+    proposals: list[ProposalView]

@@ -40,6 +40,7 @@ CHANNELS: dict[str, tuple[str, ...]] = {
         "MarketResumed",
         "ParameterChangeRequested",
         "ParameterChanged",
+        *(n for n in ev.EVENT_TYPES if n.startswith("Proposal")),  # governance: proposals and what became of them
     ),
     "liquidations": (
         "PositionLiquidated",
