@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_portfolio.py
 	$(BIN)/python benchmarks/bench_risk_models.py
 	$(BIN)/python benchmarks/bench_governance.py
+	$(BIN)/python benchmarks/bench_stress.py
 
 .PHONY: bench-service
 bench-service: $(STAMP)

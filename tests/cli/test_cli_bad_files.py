@@ -76,6 +76,7 @@ COMMANDS = {
     "evaluate": lambda f, tmp: ["evaluate", str(f), "--accounts", "10", "--plot", str(tmp / "f.png")],
     "walk-forward": lambda f, tmp: ["walk-forward", str(f)],
     "fit-jumps": lambda f, tmp: ["fit-jumps", str(f)],
+    "stress": lambda f, tmp: ["stress", str(f), "--workers", "1", "--paths", "1"],
 }
 
 

@@ -14,6 +14,7 @@ from fluidmargin.cli import (  # noqa: F401  (each registers its commands)
     quote,
     replay,
     serve,
+    stress,
     verify,
 )
 from fluidmargin.cli.app import app
