@@ -24,6 +24,19 @@ from fluidmargin.store.runner import Runner
 err = Console(stderr=True)
 
 
+def progress_bar(console: Console, disable: bool) -> Progress:
+    """The commands' progress bar on stderr: description, bar, done/total, time left; gone when finished."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=True,
+    )
+
+
 def one_of(option: str, value: str, choices: Sequence[str]) -> None:
     """A usage error (exit 2) unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -106,15 +119,7 @@ def execute(
     else:
         target = report.EngineTarget(Engine(scenario.config))
     try:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=quiet,
-            transient=True,
-        ) as bar:
+        with progress_bar(err, disable=quiet) as bar:
             task = bar.add_task(scenario.name, total=total)
             adv: Callable[[int], None] = lambda k: bar.advance(task, k)  # noqa: E731
             result = report.run(target, scenario.events(), step, skip=skip, progress=adv)

@@ -14,11 +14,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from fluidmargin.cli.app import app
-from fluidmargin.cli.common import err, one_of, parse_time_ms
+from fluidmargin.cli.common import err, one_of, parse_time_ms, progress_bar
 from fluidmargin.core.errors import FluidMarginError, ValidationError
 from fluidmargin.core.units import QUOTE_DECIMALS
 from fluidmargin.sim import stress as st
@@ -144,15 +143,7 @@ def stress_cmd(
         )
         st.check_run(spec, paths, seed, level)  # before the bar: a refusal is one clean line
         t0 = time.perf_counter()
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=as_json,
-            transient=True,
-        ) as bar:
+        with progress_bar(err, disable=as_json) as bar:
             task = bar.add_task(f"stress {spec.name}", total=paths)
             result = st.run_stress(
                 spec, paths, seed, executor, progress=lambda done, _n: bar.update(task, completed=done), level=level
